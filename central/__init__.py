@@ -1,0 +1,1 @@
+"""The central role of the EPIC testbed."""

@@ -1,0 +1,1 @@
+"""The devices role of the EPIC testbed."""

@@ -1,0 +1,1 @@
+"""The emulation role of the EPIC testbed."""

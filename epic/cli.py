@@ -1,0 +1,141 @@
+"""``epic <verb>``: a thin command-line layer over the library.
+
+Bad input (an :class:`~epic.errors.InputError` or a usage error) prints one line on stderr,
+``epic: error: ...``, and exits with status 2; it never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from epic.errors import InputError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """EPIC testbed: distributed full-waveform inversion on emulated edge devices."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@cli.group()
+def data() -> None:
+    """Synthesise, inspect and plot OpenFWI-layout datasets."""
+
+
+@data.command("synth")
+@click.option("--dataset", required=True, help="OpenFWI dataset name, e.g. flatvel-a.")
+@click.option("--count", required=True, type=int, help="Number of shot-gathers (> 0).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Generator seed.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output directory (OpenFWI layout).")
+@click.option("--maps", "maps_path", type=click.Path(path_type=Path),
+              help="Real velocity maps (.npy, or .zip of .npy) to use in place of generated.")
+@click.option("--threads", type=int, default=None, help="torch threads (default: all).")
+@click.option("--batch", "batch_size", default=8, show_default=True, type=int,
+              help="Maps propagated together.")
+@click.option("--overwrite", is_flag=True, help="Replace shards already in --out.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def data_synth(dataset, count, seed, out_dir, maps_path, threads, batch_size, overwrite,
+               progress) -> None:
+    """Write COUNT shot-gathers and velocity maps in OpenFWI's layout, plus a card.json."""
+    from epic.data.synth import synthesize
+
+    result = synthesize(dataset, count, seed, out_dir, maps_path=maps_path, threads=threads,
+                        batch_size=batch_size, overwrite=overwrite, progress=progress)
+    click.echo(
+        f"wrote {result.count} {result.card['title']} gathers to {result.out_dir} "
+        f"({', '.join(p.name for p in result.shard_paths)}) in {result.wall_s:.1f} s "
+        f"({result.count / result.wall_s:.2f} gathers/s); amplitudes "
+        f"{result.data_min:.2f}..{result.data_max:.2f}"
+    )
+
+
+@data.command("info")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def data_info(directory: Path, as_json: bool) -> None:
+    """Print the shards, shapes, value ranges and dataset card of DIRECTORY."""
+    from epic.data.openfwi import find_shards, load_data, load_velocity
+    from epic.data.synth import read_card
+
+    shards = []
+    for pair in find_shards(directory, require_models=False):
+        d = load_data(pair.data_path)
+        entry = {"data": pair.data_path.name, "shape": list(d.shape),
+                 "min": float(np.min(d)), "max": float(np.max(d))}
+        if pair.model_path is not None:
+            m = load_velocity(pair.model_path)
+            entry.update(model=pair.model_path.name, model_shape=list(m.shape),
+                         velocity_min_mps=float(np.min(m)), velocity_max_mps=float(np.max(m)))
+        shards.append(entry)
+    info = {"directory": str(directory), "samples": sum(s["shape"][0] for s in shards),
+            "shards": shards, "card": read_card(directory)}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{directory}: {info['samples']} samples in {len(shards)} shard(s)")
+    for s in shards:
+        line = f"  {s['data']} {tuple(s['shape'])} amplitude {s['min']:.2f}..{s['max']:.2f}"
+        if "model" in s:
+            line += (f"; {s['model']} {tuple(s['model_shape'])} velocity "
+                     f"{s['velocity_min_mps']:.0f}..{s['velocity_max_mps']:.0f} m/s")
+        click.echo(line)
+    card = info["card"]
+    if card:
+        click.echo(f"  card: {card['title']}, seed {card['seed']}, generator "
+                   f"{card['generator']['kind']}, {card['synthesis_wall_s']} s, "
+                   f"deepwave {card['versions'].get('deepwave')}")
+    else:
+        click.echo("  card: none (not made by epic data synth)")
+
+
+@data.command("plot")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--index", default=0, show_default=True, type=int, help="Sample to draw.")
+@click.option("--out", "out_png", required=True, type=click.Path(path_type=Path))
+def data_plot(directory: Path, index: int, out_png: Path) -> None:
+    """Draw sample INDEX of DIRECTORY: its velocity map beside three of its shots."""
+    from epic.data.openfwi import OpenFWIDataset
+    from epic.report.figures import plot_sample
+
+    ds = OpenFWIDataset(directory)
+    if not 0 <= index < len(ds):
+        raise InputError(f"--index {index}: {directory} holds samples 0..{len(ds) - 1}")
+    gather, velocity = ds[index]
+    path = plot_sample(velocity, gather, out_png, title=f"{directory} sample {index}")
+    click.echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (2 for bad input, with one line on stderr)."""
+    try:
+        cli.main(args=argv, prog_name="epic", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        click.echo(f"epic: error: {exc.format_message()}", err=True)
+        return 2
+    except InputError as exc:
+        click.echo(f"epic: error: {exc}", err=True)
+        return 2
+    except OSError as exc:
+        click.echo(f"epic: error: {exc}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("epic: aborted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Shared fixtures: paths to the real OpenFWI maps and small on-disk datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OPENFWI_DIR = REPO.parent / "shared" / "openfwi"
+
+requires_openfwi = pytest.mark.skipif(
+    not (OPENFWI_DIR / "FlatVelA_test.zip").is_file(),
+    reason=f"real OpenFWI maps not found in {OPENFWI_DIR}",
+)
+
+
+@pytest.fixture(scope="session")
+def openfwi_dir() -> Path:
+    return OPENFWI_DIR
+
+
+@pytest.fixture
+def velocity_npy(tmp_path: Path) -> Path:
+    """A small valid velocity shard, (3, 1, 70, 70) float32 m/s, with distinct maps."""
+    maps = np.full((3, 1, 70, 70), 2000.0, np.float32)
+    maps[:, :, 35:] = np.array([2500.0, 3000.0, 3500.0], np.float32)[:, None, None, None]
+    path = tmp_path / "model1.npy"
+    np.save(path, maps)
+    return path

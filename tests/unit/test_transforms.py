@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from epic.data.openfwi import DATASETS
+from epic.data.transforms import (
+    denormalize_data,
+    denormalize_velocity,
+    log_transform,
+    normalize_data,
+    normalize_velocity,
+)
+
+
+def test_data_bounds_map_to_minus_one_and_one():
+    spec = DATASETS["flatvel-a"]
+    out = normalize_data(np.array([spec.data_min, 0.0, spec.data_max]), spec.data_min,
+                         spec.data_max)
+    # OpenFWI: log1p(|x|)*sign(x), then min-max of the log-transformed bounds to [-1, 1]
+    lo, hi = -np.log1p(26.95), np.log1p(52.77)
+    assert out == pytest.approx([-1.0, (0 - lo) / (hi - lo) * 2 - 1, 1.0], abs=1e-6)
+    assert out.dtype == np.float32
+
+
+def test_data_round_trip():
+    x = np.random.default_rng(0).normal(0, 5, size=(5, 1000, 14)).astype(np.float32)
+    y = normalize_data(x, -26.95, 52.77)
+    assert np.allclose(denormalize_data(y, -26.95, 52.77), x, rtol=1e-5, atol=1e-5)
+
+
+def test_log_transform_is_odd():
+    x = np.array([-3.0, -0.5, 0.0, 0.5, 3.0])
+    assert np.allclose(log_transform(x), -log_transform(-x))
+    assert log_transform(np.e - 1) == pytest.approx(1.0)
+
+
+def test_velocity_maps_1500_4500_to_unit_interval_and_back():
+    v = np.array([1500.0, 3000.0, 4500.0], np.float32)
+    assert normalize_velocity(v) == pytest.approx([-1.0, 0.0, 1.0])
+    assert denormalize_velocity(normalize_velocity(v)) == pytest.approx(v)
+
+
+def test_bad_range_names_the_values():
+    with pytest.raises(ValueError, match="min=5.0 max=1.0"):
+        normalize_data(np.zeros(3), 5.0, 1.0)
