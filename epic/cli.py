@@ -116,6 +116,54 @@ def data_plot(directory: Path, index: int, out_png: Path) -> None:
     click.echo(f"wrote {path}")
 
 
+@cli.command("train")
+@click.option("--model", required=True, help="Registry name: epic, epic-noprior, inversionnet, "
+              "isolated, equal-fusion.")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--batch", default=16, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-minutes", type=float, default=None, help="Wall-clock budget.")
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--token-dim", type=int, default=None, help="Latent values per receiver token.")
+@click.option("--device-dropout", default=0.3, show_default=True, type=float)
+@click.option("--val", "val_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--limit", type=int, default=None, help="Use only the first N samples.")
+@click.option("--threads", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, token_dim,
+              device_dropout, val_dir, limit, threads, resume, progress) -> None:
+    """Train a model on an OpenFWI-layout directory; checkpoints and log.jsonl go to OUT."""
+    from epic.train import TrainConfig, train
+
+    cfg = TrainConfig(model=model, data_dir=str(data_dir), out_dir=str(out_dir), epochs=epochs,
+                      batch=batch, seed=seed, max_minutes=max_minutes, lr=lr,
+                      token_dim=token_dim, device_dropout=device_dropout,
+                      val_dir=str(val_dir) if val_dir else None, limit=limit, threads=threads)
+    record = train(cfg, resume=resume, progress=progress)
+    click.echo(json.dumps(record))
+
+
+@cli.command("evaluate")
+@click.option("--model", required=True)
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_json", required=True, type=click.Path(path_type=Path))
+@click.option("--drop-devices", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--limit", type=int, default=None)
+def evaluate_cmd(model, checkpoint, data_dir, out_json, drop_devices, seed, limit) -> None:
+    """Evaluate a checkpoint: MAE, RMSE, SSIM as OpenFWI, plus a PNG beside the JSON."""
+    from epic.evaluate import evaluate
+
+    result = evaluate(model, checkpoint, data_dir, out_json, drop_devices=drop_devices,
+                      seed=seed, limit=limit)
+    click.echo(f"{model}: MAE {result['mae']:.4f} RMSE {result['rmse']:.4f} "
+               f"SSIM {result['ssim']:.4f} on {result['samples']} samples -> {out_json}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for bad input, with one line on stderr)."""
     try:

@@ -29,3 +29,13 @@ def velocity_npy(tmp_path: Path) -> Path:
     path = tmp_path / "model1.npy"
     np.save(path, maps)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """8 synthesised FlatVel-A-like gathers in OpenFWI layout (real deepwave, ~3 s)."""
+    from epic.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny") / "flatvel-a"
+    synthesize("flatvel-a", 8, seed=5, out_dir=out, threads=2)
+    return out

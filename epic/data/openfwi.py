@@ -120,9 +120,8 @@ def check_array(array: np.ndarray, item_shape: tuple[int, ...], source: str) -> 
     if array.dtype != np.float32:
         raise DataError(f"{source}: dtype is {array.dtype}, expected float32")
     if array.ndim != len(item_shape) + 1 or tuple(array.shape[1:]) != item_shape:
-        raise DataError(
-            f"{source}: shape is {tuple(array.shape)}, expected (N, {', '.join(map(str, item_shape))})"
-        )
+        expected = ", ".join(map(str, item_shape))
+        raise DataError(f"{source}: shape is {tuple(array.shape)}, expected (N, {expected})")
     if array.shape[0] == 0:
         raise DataError(f"{source}: holds no samples (N = 0)")
     for start in range(0, array.shape[0], 64):

@@ -127,7 +127,9 @@ def replay_gather(
                     start_sample=start,
                     receivers=(lo, hi),
                     capture_time_ns=capture_ns,
-                    samples=np.ascontiguousarray(gather[shot, start : start + window_samples, lo:hi]),
+                    samples=np.ascontiguousarray(
+                        gather[shot, start : start + window_samples, lo:hi]
+                    ),
                 )
 
 

@@ -1,0 +1,52 @@
+"""A dataset directory loaded and normalised for training and evaluation (numpy only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from epic.data.openfwi import DatasetSpec, OpenFWIDataset, get_dataset
+from epic.data.transforms import normalize_data, normalize_velocity
+from epic.errors import DataError
+
+__all__ = ["NormalizedSplit", "load_normalized", "resolve_dataset"]
+
+
+@dataclass(frozen=True)
+class NormalizedSplit:
+    """Attributes: ``x`` ``(N, 5, 1000, 70)`` and ``y`` ``(N, 1, 70, 70)`` float32 on OpenFWI's
+    normalised scales; ``spec`` the dataset whose constants were used."""
+
+    x: np.ndarray
+    y: np.ndarray
+    spec: DatasetSpec
+    directory: Path
+
+
+def resolve_dataset(directory: str | Path, dataset: str | None = None) -> DatasetSpec:
+    """The dataset of ``directory``: ``dataset`` if given, else the one its card names."""
+    from epic.data.synth import read_card
+
+    if dataset:
+        return get_dataset(dataset)
+    card = read_card(directory)
+    if card is None or "dataset" not in card:
+        raise DataError(f"{directory}: no card.json naming the dataset; pass --dataset")
+    return get_dataset(card["dataset"])
+
+
+def load_normalized(directory: str | Path, dataset: str | None = None,
+                    limit: int | None = None) -> NormalizedSplit:
+    """Load every sample of ``directory`` (or the first ``limit``) and normalise it."""
+    spec = resolve_dataset(directory, dataset)
+    ds = OpenFWIDataset(directory)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    x = np.empty((n, 5, 1000, 70), np.float32)
+    y = np.empty((n, 1, 70, 70), np.float32)
+    for i in range(n):
+        data, velocity = ds[i]
+        x[i] = normalize_data(data, spec.data_min, spec.data_max)
+        y[i] = normalize_velocity(velocity, spec.velocity_min_mps, spec.velocity_max_mps)
+    return NormalizedSplit(x=x, y=y, spec=spec, directory=Path(directory))

@@ -1,0 +1,68 @@
+"""Checkpoints: a model's weights with the metadata needed to rebuild and trust it.
+
+A checkpoint is a ``torch.save`` dict: ``format``, ``model`` (registry name), ``config``
+(constructor keywords), ``state_dict``, ``dataset`` (registry name, for the normalisation
+constants) and free-form ``meta`` (training budget, metrics). Shipped checkpoints store
+floating-point weights in float16; they are cast back to float32 on load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from epic.errors import DataError, InputError
+from epic.models.registry import build_model
+
+__all__ = ["FORMAT", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "epic-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, name: str, config: dict, dataset: str,
+                    meta: dict | None = None, half: bool = False, extra: dict | None = None
+                    ) -> Path:
+    """Write ``model``'s weights and metadata atomically (temp file + rename)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "model": name, "config": config, "state_dict": state,
+               "dataset": dataset, "meta": meta or {}, **(extra or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, expected_model: str | None = None
+                    ) -> tuple[nn.Module, dict]:
+    """Rebuild the model of a checkpoint; return ``(model in eval mode, checkpoint dict)``.
+
+    Raises:
+        DataError: the file is missing, not a checkpoint, or its weights do not fit the model.
+        InputError: ``expected_model`` is given and differs from the checkpoint's model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})"
+                        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DataError(f"{path}: not an EPIC checkpoint (expected format {FORMAT!r})")
+    if expected_model is not None and ckpt["model"] != expected_model:
+        raise InputError(f"{path}: holds a {ckpt['model']!r} model, expected {expected_model!r}")
+    model = build_model(ckpt["model"], **ckpt["config"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise DataError(f"{path}: weights do not fit {ckpt['model']!r} with config "
+                        f"{ckpt['config']}: {' '.join(first)}") from None
+    return model.eval(), ckpt

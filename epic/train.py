@@ -1,0 +1,173 @@
+"""Training: ``epic train --model NAME --data DIR --out DIR``.
+
+Every model gets the same loop: AdamW, cosine learning-rate decay over the planned epochs,
+L1 loss on the normalised velocity (optionally plus ``l2_weight`` x MSE, as OpenFWI), fixed
+seeds, a tqdm bar, a checkpoint after every epoch (``last.pt``, resumable with ``resume``) and
+one JSON line per epoch in ``log.jsonl``. Distributed models see random device dropout: each
+sample loses 1 or 2 devices with probability ``device_dropout``, so the decoder learns to
+cope with missing devices. ``max_minutes`` stops at the first batch past the budget, after
+saving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from epic.data.normalized import load_normalized
+from epic.errors import InputError
+from epic.metrics import fidelity
+from epic.models.checkpoint import load_checkpoint, save_checkpoint
+from epic.models.registry import DISTRIBUTED, MODELS, build_model
+
+__all__ = ["TrainConfig", "predict", "random_presence", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (stored in its checkpoints)."""
+
+    model: str
+    data_dir: str
+    out_dir: str
+    epochs: int = 10
+    batch: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    l2_weight: float = 0.0
+    seed: int = 0
+    max_minutes: float | None = None
+    device_dropout: float = 0.3
+    token_dim: int | None = None
+    val_dir: str | None = None
+    limit: int | None = None
+    threads: int | None = None
+    model_config: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise InputError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
+        for name in ("epochs", "batch"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.device_dropout <= 1:
+            raise InputError(f"device_dropout must be within [0, 1], got {self.device_dropout}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise InputError(f"--max-minutes must be > 0, got {self.max_minutes}")
+
+
+def random_presence(rng: np.random.Generator, batch: int, n_devices: int, p_drop: float
+                    ) -> np.ndarray:
+    """``(batch, n_devices)`` bool: each row drops 1 or 2 random devices with prob ``p_drop``."""
+    present = np.ones((batch, n_devices), bool)
+    for row in np.flatnonzero(rng.random(batch) < p_drop):
+        k = rng.integers(1, 3)
+        present[row, rng.choice(n_devices, size=k, replace=False)] = False
+    return present
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: np.ndarray, present: np.ndarray | None = None,
+            batch: int = 16) -> np.ndarray:
+    """Normalised gathers ``(N, 5, 1000, 70)`` -> normalised maps ``(N, 1, 70, 70)``."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        p = None if present is None else torch.from_numpy(present[i : i + batch])
+        out.append(model(torch.from_numpy(x[i : i + batch]), p).numpy())
+    return np.concatenate(out)
+
+
+def _model_config(cfg: TrainConfig) -> dict:
+    config = dict(cfg.model_config)
+    if cfg.token_dim is not None:
+        config["token_dim"] = cfg.token_dim
+    return config
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg.model``; write ``last.pt``, ``model.pt`` and ``log.jsonl`` in ``out_dir``.
+
+    Returns the final epoch's log record.
+    """
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    split = load_normalized(cfg.data_dir, limit=cfg.limit)
+    val = load_normalized(cfg.val_dir, limit=cfg.limit) if cfg.val_dir else None
+    torch.manual_seed(cfg.seed)
+    config = _model_config(cfg)
+    model = build_model(cfg.model, **config)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(split.x) // cfg.batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    start_epoch, rng = 0, np.random.default_rng(cfg.seed)
+    last = out / "last.pt"
+    if resume and last.is_file():
+        model, ckpt = load_checkpoint(last, expected_model=cfg.model)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt.load_state_dict(ckpt["optimizer"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps_per_epoch)
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch = ckpt["meta"]["epoch"]
+        rng.bit_generator.state = ckpt["rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        log.info("resumed %s at epoch %d", last, start_epoch)
+    distributed = cfg.model in DISTRIBUTED
+    started, record = time.monotonic(), {}
+    budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60
+    stopped_early = False
+    log_path = out / "log.jsonl"
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        order = rng.permutation(len(split.x))
+        losses = []
+        bar = tqdm(range(0, len(order), cfg.batch), desc=f"{cfg.model} epoch {epoch + 1}",
+                   disable=not progress, leave=False)
+        for i in bar:
+            idx = np.sort(order[i : i + cfg.batch])
+            x, y = torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
+            present = (torch.from_numpy(random_presence(rng, len(idx), 5, cfg.device_dropout))
+                       if distributed else None)
+            pred = model(x, present)
+            loss = torch.nn.functional.l1_loss(pred, y)
+            if cfg.l2_weight:
+                loss = loss + cfg.l2_weight * torch.nn.functional.mse_loss(pred, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if budget_s is not None and time.monotonic() - started > budget_s:
+                stopped_early = True
+                break
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                  "lr": sched.get_last_lr()[0], "wall_s": round(time.monotonic() - started, 1),
+                  "samples_seen": len(losses) * cfg.batch, "stopped_early": stopped_early}
+        if val is not None:
+            record["val"] = fidelity(predict(model, val.x), val.y)
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        meta = {"epoch": epoch + 1, "train": asdict(cfg), "last": record}
+        save_checkpoint(last, model, cfg.model, config, split.spec.name, meta, extra={
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+        log.info("epoch %d: %s", epoch + 1, record)
+        if stopped_early:
+            break
+    save_checkpoint(out / "model.pt", model, cfg.model, config, split.spec.name,
+                    {"epoch": record.get("epoch", start_epoch), "train": asdict(cfg),
+                     "last": record})
+    return record
