@@ -164,6 +164,55 @@ def evaluate_cmd(model, checkpoint, data_dir, out_json, drop_devices, seed, limi
                f"SSIM {result['ssim']:.4f} on {result['samples']} samples -> {out_json}")
 
 
+@cli.command("simulate")
+@click.option("--topology", "topology_path", default="topology.yaml", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--mode", type=click.Choice(["epic", "raw", "both"]), default="both",
+              show_default=True)
+@click.option("--shots", default=100, show_default=True, type=int,
+              help="Shot-gathers per device.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write the result JSON here.")
+@click.option("--sweep", "sweeps", multiple=True,
+              help="key=v1,v2,...: repeat over bandwidth_bps, loss, latent_frame_bytes or "
+                   "devices; CSV and PNG go beside --json (or to runs/sweeps).")
+def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
+    """Run the SimPy network model in virtual time: EPIC latents against raw traces."""
+    from emulation.simulate import parse_sweep, simulate, sweep
+    from epic.topology import load_topology
+
+    topology = load_topology(topology_path)
+    result = simulate(topology, mode=mode, shots=shots, seed=seed,
+                      frame_sizes=_frame_sizes())
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(result.to_json() + "\n")
+    for summary in result.modes:
+        lat = summary.gather_latency_s
+        click.echo(f"{summary.mode:5s} gather latency p50 {lat.p50 * 1e3:8.1f} ms  p95 "
+                   f"{lat.p95 * 1e3:8.1f} ms  p99 {lat.p99 * 1e3:8.1f} ms  uplink "
+                   f"{summary.uplink_bytes:,} B  comm energy {summary.comm_j:.3f} J  "
+                   f"lost {summary.frames_lost}/{summary.frames}")
+    if result.ratios is not None:
+        r = result.ratios
+        click.echo(f"raw/EPIC: latency p50 {r.latency_p50:.1f}x, communication energy "
+                   f"{r.energy_comm:.1f}x, bytes {r.bytes:.0f}x (published: 8.9x and 33.8x)")
+    out_dir = json_out.parent if json_out else Path("runs/sweeps")
+    for text in sweeps:
+        key, values = parse_sweep(text)
+        done = sweep(topology, key, values, out_dir, shots=min(shots, 20), seed=seed,
+                     frame_sizes=_frame_sizes())
+        click.echo(f"sweep {key}: {done.csv_path} {done.png_path}")
+
+
+def _frame_sizes():
+    """Message sizes of the real frame encoder (epic.wire) for the simulator."""
+    from emulation.simulate import FrameSizes
+
+    return FrameSizes()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for bad input, with one line on stderr)."""
     try:

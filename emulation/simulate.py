@@ -1,0 +1,366 @@
+"""Virtual-time runs of the testbed: EPIC latent frames against raw traces, and sweeps.
+
+``simulate(topology, "both", shots=100, seed=0)`` runs the same topology twice in virtual time,
+once with EPIC frames and once with raw chunks, and returns latency percentiles, bytes, energy
+per device and the ratios raw over EPIC. ``sweep(...)`` repeats that over one parameter and
+writes a CSV table and a PNG plot.
+
+Frame sizes are an input (`FrameSizes`): the defaults below stand in until epic/wire.py gives
+the real encoder's sizes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import ValidationError
+
+from emulation.energy import DeviceEnergy
+from emulation.network import STAGES, Message, NetworkModel, Workload
+from epic.errors import InputError
+from epic.topology import Topology
+
+__all__ = [
+    "MODES",
+    "SWEEP_KEYS",
+    "ComputeTimes",
+    "FrameSizes",
+    "ModeSummary",
+    "Percentiles",
+    "Ratios",
+    "SimulationResult",
+    "SweepResult",
+    "parse_sweep",
+    "simulate",
+    "sweep",
+]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["epic", "raw", "both"]
+MODES: tuple[str, ...] = ("epic", "raw", "both")
+#: Parameters `sweep` can vary: every link's bandwidth or loss, the latent size, the device count.
+SWEEP_KEYS: tuple[str, ...] = ("bandwidth_bps", "loss", "latent_frame_bytes", "devices")
+
+_RAW_GATHER_BYTES = 5 * 1000 * 14 * 4  # (shots, samples, receivers) float32 = 280,000 bytes
+
+
+@dataclass(frozen=True)
+class FrameSizes:
+    """Bytes per MQTT message, the MQTT PUBLISH header excluded.
+
+    Attributes:
+        latent_frame_bytes: one EPIC frame per device per shot-gather (default: 1,024-byte
+            int8 latent plus an assumed 32-byte wire header).
+        raw_chunk_bytes: one raw chunk (default: one shot, 1000 × 14 float32 = 56,000 bytes,
+            plus the same 32-byte header).
+        raw_chunks: raw chunks per device per shot-gather (default 5: 280,000 bytes in all).
+        publish_overhead_bytes: MQTT PUBLISH fixed header, topic and packet id per message.
+    """
+
+    latent_frame_bytes: int = 1024 + 32
+    raw_chunk_bytes: int = _RAW_GATHER_BYTES // 5 + 32
+    raw_chunks: int = 5
+    publish_overhead_bytes: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("latent_frame_bytes", "raw_chunk_bytes", "raw_chunks"):
+            if getattr(self, name) < 1:
+                raise InputError(f"FrameSizes.{name} must be >= 1, got {getattr(self, name)}")
+        if self.publish_overhead_bytes < 0:
+            raise InputError(f"FrameSizes.publish_overhead_bytes must be >= 0, "
+                             f"got {self.publish_overhead_bytes}")
+
+
+@dataclass(frozen=True)
+class ComputeTimes:
+    """Compute before sending, seconds on the reference CPU (scaled by ``cpu_scale``).
+
+    ``encode_s`` is a placeholder for the measured LiteRT encoder time; ``raw_pack_s`` is the
+    time to pack one raw chunk (a memory copy).
+    """
+
+    encode_s: float = 0.005
+    raw_pack_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """p50, p95 and p99 of a sample, seconds (NaN when empty)."""
+
+    p50: float
+    p95: float
+    p99: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Percentiles:
+        if values.size == 0:
+            return cls(float("nan"), float("nan"), float("nan"))
+        p50, p95, p99 = np.percentile(values, [50, 95, 99])
+        return cls(float(p50), float(p95), float(p99))
+
+
+@dataclass(frozen=True)
+class ModeSummary:
+    """One mode's run.
+
+    ``gather_latency_s`` is per device and shot-gather: from the gather being available to
+    central finishing the device's last message of it (gathers with a lost message are left
+    out). ``stage_mean_s`` is the mean seconds per frame in each of `STAGES`.
+    """
+
+    mode: str
+    frames: int
+    frames_lost: int
+    gather_latency_s: Percentiles
+    frame_latency_s: Percentiles
+    stage_mean_s: dict[str, float]
+    uplink_bytes: int
+    downlink_bytes: int
+    energy: tuple[DeviceEnergy, ...]
+    comm_j: float
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """Raw over EPIC: latency percentiles (per device gather), comm energy and bytes."""
+
+    latency_p50: float
+    latency_p95: float
+    latency_p99: float
+    energy_comm: float
+    bytes: float
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """The result of `simulate`: one summary per mode, and the ratios when both ran."""
+
+    testbed: str
+    seed: int
+    shots: int
+    frame_sizes: FrameSizes
+    compute: ComputeTimes
+    modes: tuple[ModeSummary, ...]
+    ratios: Ratios | None
+
+    def mode(self, name: str) -> ModeSummary:
+        """The summary of mode ``name`` ("epic" or "raw")."""
+        for m in self.modes:
+            if m.mode == name:
+                return m
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (energy per device with its comm/radio/total sums)."""
+        data = dataclasses.asdict(self)
+        for summary, out in zip(self.modes, data["modes"], strict=True):
+            for e, row in zip(summary.energy, out["energy"], strict=True):
+                row.update(comm_j=e.comm_j, radio_j=e.radio_j, total_j=e.total_j)
+        return data
+
+    def to_json(self, indent: int = 2) -> str:
+        """`to_dict` as JSON text (NaN written as null)."""
+        return json.dumps(_nan_to_none(self.to_dict()), indent=indent, allow_nan=False)
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _workload(mode: str, shots: int, sizes: FrameSizes, compute: ComputeTimes,
+              interval_s: float) -> Workload:
+    if mode == "epic":
+        messages = (Message(sizes.latent_frame_bytes + sizes.publish_overhead_bytes,
+                            compute.encode_s),)
+    else:
+        messages = (Message(sizes.raw_chunk_bytes + sizes.publish_overhead_bytes,
+                            compute.raw_pack_s),) * sizes.raw_chunks
+    return Workload(messages, shots, interval_s)
+
+
+def _run_mode(topology: Topology, mode: str, shots: int, seed: int, sizes: FrameSizes,
+              compute: ComputeTimes, interval_s: float) -> ModeSummary:
+    started = time.perf_counter()
+    result = NetworkModel(topology, seed).run(_workload(mode, shots, sizes, compute, interval_s))
+    wall_s = time.perf_counter() - started
+    f = result.frames
+    ok = ~f.lost
+    n_dev, n_msg = len(topology.devices), (1 if mode == "epic" else sizes.raw_chunks)
+    # rows are sorted by (device, gather, message): one row of the reshape per device gather
+    end = f.end_s.reshape(n_dev * shots, n_msg).max(axis=1)
+    gather_ok = ok.reshape(n_dev * shots, n_msg).all(axis=1)
+    gather_latency = (end - f.start_s.reshape(n_dev * shots, n_msg)[:, 0])[gather_ok]
+    stage_mean = f.stages_s[ok].mean(axis=0) if ok.any() else np.full(len(STAGES), np.nan)
+    log.info("%s: %d frames (%d lost) in %.3f s wall", mode, f.lost.size, int(f.lost.sum()),
+             wall_s)
+    return ModeSummary(
+        mode=mode, frames=int(f.lost.size), frames_lost=int(f.lost.sum()),
+        gather_latency_s=Percentiles.of(gather_latency),
+        frame_latency_s=Percentiles.of(f.latency_s[ok]),
+        stage_mean_s=dict(zip(STAGES, map(float, stage_mean), strict=True)),
+        uplink_bytes=result.uplink_bytes, downlink_bytes=result.downlink_bytes,
+        energy=result.energy, comm_j=float(sum(e.comm_j for e in result.energy)),
+        wall_s=wall_s)
+
+
+def simulate(topology: Topology, mode: Mode = "both", shots: int = 100, seed: int = 0,
+             frame_sizes: FrameSizes = FrameSizes(), compute: ComputeTimes = ComputeTimes(),
+             interval_s: float = 1.0) -> SimulationResult:
+    """Run ``shots`` shot-gathers through the topology in virtual time.
+
+    Args:
+        topology: a validated topology.
+        mode: "epic" (latent frames), "raw" (raw chunks) or "both" (two runs, same seed).
+        shots: shot-gathers per device, >= 1; gather g is available at ``g × interval_s``.
+        seed: seed of the loss and jitter draws.
+        frame_sizes: message sizes per mode, bytes.
+        compute: compute times per message on the reference CPU, seconds.
+        interval_s: time between shot-gathers, seconds (1 s: 1000 samples at 1 kHz).
+
+    Raises `InputError` for a bad mode or count.
+    """
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if shots < 1:
+        raise InputError(f"shots must be >= 1, got {shots}")
+    names = ("epic", "raw") if mode == "both" else (mode,)
+    summaries = tuple(_run_mode(topology, m, shots, seed, frame_sizes, compute, interval_s)
+                      for m in names)
+    ratios = None
+    if mode == "both":
+        e, r = summaries
+        ratios = Ratios(
+            latency_p50=r.gather_latency_s.p50 / e.gather_latency_s.p50,
+            latency_p95=r.gather_latency_s.p95 / e.gather_latency_s.p95,
+            latency_p99=r.gather_latency_s.p99 / e.gather_latency_s.p99,
+            energy_comm=r.comm_j / e.comm_j if e.comm_j else float("nan"),
+            bytes=r.uplink_bytes / e.uplink_bytes)
+    return SimulationResult(topology.testbed, seed, shots, frame_sizes, compute, summaries,
+                            ratios)
+
+
+def parse_sweep(text: str) -> tuple[str, tuple[float, ...]]:
+    """Parse ``key=v1,v2,...`` (a `SWEEP_KEYS` key). Raises `InputError` naming the bad part."""
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    if not sep or key not in SWEEP_KEYS:
+        raise InputError(f"--sweep must be KEY=v1,v2,... with KEY one of {', '.join(SWEEP_KEYS)},"
+                         f" got {text!r}")
+    try:
+        parsed = tuple(float(v) for v in values.split(",") if v.strip())
+    except ValueError as exc:
+        raise InputError(f"--sweep {key}: values must be numbers, got {values!r}") from exc
+    if not parsed:
+        raise InputError(f"--sweep {key}: no values in {text!r}")
+    return key, parsed
+
+
+def _vary(topology: Topology, sizes: FrameSizes, key: str,
+          value: float) -> tuple[Topology, FrameSizes]:
+    """The topology and frame sizes with ``key`` set to ``value``."""
+    if key == "latent_frame_bytes":
+        return topology, dataclasses.replace(sizes, latent_frame_bytes=int(value))
+    data = topology.model_dump()
+    if key in ("bandwidth_bps", "loss"):
+        for link in data["links"].values():
+            link[key] = value
+    elif key == "devices":
+        template, width = data["devices"][0], 14
+        data["devices"] = [dict(template, id=f"device-{i + 1}", receivers=[width * i,
+                                                                          width * (i + 1)])
+                           for i in range(int(value))]
+    else:
+        raise InputError(f"sweep key must be one of {', '.join(SWEEP_KEYS)}, got {key!r}")
+    try:
+        return Topology.model_validate(data), sizes
+    except ValidationError as exc:
+        raise InputError(f"sweep {key}={value:g}: {exc.errors()[0]['msg']}") from None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The runs of a sweep (one `SimulationResult` per value) and the files written."""
+
+    key: str
+    values: tuple[float, ...]
+    results: tuple[SimulationResult, ...]
+    csv_path: Path
+    png_path: Path
+
+
+_CSV_COLUMNS = ("key", "value", "mode", "latency_p50_s", "latency_p95_s", "latency_p99_s",
+                "comm_j", "uplink_bytes", "frames", "frames_lost", "ratio_latency_p50",
+                "ratio_energy_comm")
+
+
+def sweep(topology: Topology, key: str, values: tuple[float, ...], out_dir: str | Path, *,
+          shots: int = 20, seed: int = 0, frame_sizes: FrameSizes = FrameSizes(),
+          compute: ComputeTimes = ComputeTimes(), interval_s: float = 1.0) -> SweepResult:
+    """Run `simulate` (both modes) for each value of ``key``; write ``sweep_<key>.csv`` and
+    ``sweep_<key>.png`` under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for value in values:
+        topo, sizes = _vary(topology, frame_sizes, key, value)
+        results.append(simulate(topo, "both", shots, seed, sizes, compute, interval_s))
+    csv_path = out_dir / f"sweep_{key}.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(_CSV_COLUMNS)
+        for value, res in zip(values, results, strict=True):
+            for m in res.modes:
+                writer.writerow([key, value, m.mode, m.gather_latency_s.p50,
+                                 m.gather_latency_s.p95, m.gather_latency_s.p99, m.comm_j,
+                                 m.uplink_bytes, m.frames, m.frames_lost,
+                                 res.ratios.latency_p50, res.ratios.energy_comm])
+    png_path = out_dir / f"sweep_{key}.png"
+    _plot(key, values, results, png_path)
+    log.info("sweep %s: wrote %s and %s", key, csv_path, png_path)
+    return SweepResult(key, tuple(values), tuple(results), csv_path, png_path)
+
+
+def _plot(key: str, values: tuple[float, ...], results: list[SimulationResult],
+          path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    for mode in ("epic", "raw"):
+        p50 = [r.mode(mode).gather_latency_s.p50 for r in results]
+        p99 = [r.mode(mode).gather_latency_s.p99 for r in results]
+        line, = axes[0].plot(values, p50, "o-", label=f"{mode} p50")
+        axes[0].plot(values, p99, "--", color=line.get_color(), label=f"{mode} p99")
+        axes[1].plot(values, [r.mode(mode).comm_j for r in results], "o-", label=mode)
+    axes[2].plot(values, [r.ratios.latency_p50 for r in results], "o-", label="latency p50")
+    axes[2].plot(values, [r.ratios.energy_comm for r in results], "s-", label="comm energy")
+    for ax, ylabel in zip(axes, ("latency per device gather (s)", "comm energy, all devices (J)",
+                                 "raw / EPIC"), strict=True):
+        ax.set_xlabel(key)
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        if key in ("bandwidth_bps", "devices", "latent_frame_bytes"):
+            ax.set_xscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"EPIC vs raw, sweep over {key} ({results[0].shots} shot-gathers)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,157 @@
+"""Topology schema: the default file, line-accurate errors, hot reload and the JSON Schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epic.errors import InputError
+from epic.topology import (
+    FirstOrderEnergy,
+    PresetEnergy,
+    Topology,
+    TopologyError,
+    json_schema_text,
+    load_topology,
+    parse_topology,
+    reload_topology,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Line numbers matter: the tests below name them.
+BASE = """\
+testbed: t
+central:
+  decode_deadline_s: 1.0
+  processing_s: 0.001
+links:
+  wifi:
+    kind: shared
+    bandwidth_bps: 20.0e+6
+    delay_s: 0.002
+    loss: 0.01
+devices:
+  - id: a
+    receivers: [0, 14]
+    link: wifi
+    energy: wifi-80211n
+  - id: b
+    receivers: [14, 28]
+    link: wifi
+    energy: {model: state, tx_w: 1.0, rx_w: 0.5, idle_w: 0.1}
+"""
+
+
+def test_base_parses() -> None:
+    topo = parse_topology(BASE)
+    assert [d.id for d in topo.devices] == ["a", "b"]
+    assert topo.devices[0].energy == PresetEnergy(model="preset", name="wifi-80211n")
+    assert topo.link_of(topo.devices[1]).bandwidth_bps == 20e6
+
+
+def test_default_topology_is_the_5_device_testbed() -> None:
+    topo = load_topology(REPO / "topology.yaml")
+    assert topo.testbed == "epic-5"
+    assert len(topo.devices) == 5
+    for i, d in enumerate(topo.devices, start=1):
+        assert d.receivers == (14 * (i - 1), 14 * i)
+    assert topo.links[topo.devices[0].link].kind == "shared"
+
+
+@pytest.mark.parametrize(("old", "new", "where", "reason"), [
+    ("bandwidth_bps: 20.0e+6", "bandwidth_bps: fast", ":8: links.wifi.bandwidth_bps:",
+     "valid number"),
+    ("bandwidth_bps: 20.0e+6", "bandwidth_bps: -5", ":8: links.wifi.bandwidth_bps:",
+     "must be > 0, got -5"),
+    ("loss: 0.01", "loss: 1.5", ":10: links.wifi.loss:", "must be <= 1, got 1.5"),
+    ("energy: wifi-80211n", "energy: wifi-9000", ":15: devices[0].energy",
+     "got 'wifi-9000'"),
+    ("receivers: [14, 28]", "receivers: [10, 28]", ":17: devices[1].receivers:",
+     "overlaps devices[0]"),
+    ("id: b", "id: a", ":16: devices[1].id:", "duplicate device id 'a'"),
+    ("    energy: wifi-80211n", "    energy: wifi-80211n\n    colour: red",
+     ":16: devices[0].colour:", "unknown key"),
+    ("link: wifi\n    energy: {", "link: wify\n    energy: {", ":18: devices[1].link:",
+     "unknown link 'wify'"),
+    ("    delay_s: 0.002\n", "", ":6: links.wifi.delay_s:", "required field is missing"),
+    ("receivers: [0, 14]", "receivers: [14, 0]", ":13: devices[0].receivers:",
+     "stop must be > start"),
+    ("tx_w: 1.0", "tx_w: -1.0", ":19: devices[1].energy.tx_w:", "must be >= 0"),
+    ("    loss: 0.01", "    loss: 0.01\n    loss: 0.02", ":11: links.wifi.loss:",
+     "duplicate key"),
+])
+def test_errors_name_file_line_path_and_reason(tmp_path: Path, old: str, new: str, where: str,
+                                               reason: str) -> None:
+    assert old in BASE
+    path = tmp_path / "topology.yaml"
+    path.write_text(BASE.replace(old, new, 1))
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    message = str(info.value)
+    assert isinstance(info.value, InputError)
+    assert f"{path}{where}" in message, message
+    assert reason in message, message
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BASE.replace("loss: 0.01", "loss: [0.01"))
+    with pytest.raises(TopologyError, match=rf"{path.name}:\d+: "):
+        load_topology(path)
+
+
+def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot read"):
+        load_topology(tmp_path / "nope.yaml")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.one_of(st.floats(max_value=-1e-9, min_value=-1e9), st.floats(min_value=1.000001,
+                                                                          max_value=1e9)))
+def test_any_loss_outside_0_1_is_rejected_at_its_line(loss: float) -> None:
+    with pytest.raises(TopologyError, match=r"^x\.yaml:10: links\.wifi\.loss: must be"):
+        parse_topology(BASE.replace("loss: 0.01", f"loss: {loss!r}"), "x.yaml")
+
+
+def test_first_order_crossover() -> None:
+    spec = FirstOrderEnergy(model="first-order", distance_m=10.0)
+    assert spec.crossover_m == pytest.approx((10e-12 / 0.0013e-12) ** 0.5)
+    assert 87.0 < spec.crossover_m < 88.0
+
+
+def test_models_are_frozen() -> None:
+    topo = parse_topology(BASE)
+    with pytest.raises(Exception, match="frozen"):
+        topo.testbed = "other"  # type: ignore[misc]
+
+
+def test_reload_keeps_old_topology_on_error(tmp_path: Path) -> None:
+    path = tmp_path / "topology.yaml"
+    path.write_text(BASE)
+    current = load_topology(path)
+    path.write_text(BASE.replace("bandwidth_bps: 20.0e+6", "bandwidth_bps: -1"))
+    result = reload_topology(path, current)
+    assert result.topology is current and not result.changed
+    assert result.error is not None and ":8: links.wifi.bandwidth_bps:" in str(result.error)
+    path.write_text(BASE.replace("bandwidth_bps: 20.0e+6", "bandwidth_bps: 5.0e+6"))
+    result = reload_topology(path, current)
+    assert result.error is None and result.changed
+    assert result.topology.links["wifi"].bandwidth_bps == 5e6
+
+
+def test_json_schema_file_is_current() -> None:
+    on_disk = (REPO / "docs" / "topology.schema.json").read_text(encoding="utf-8")
+    assert on_disk == json_schema_text(), (
+        "docs/topology.schema.json is stale: regenerate with "
+        "python -c 'from epic.topology import write_json_schema as w; "
+        "w(\"docs/topology.schema.json\")'")
+
+
+def test_json_schema_forbids_unknown_keys() -> None:
+    schema = Topology.model_json_schema()
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["LinkSpec"]["additionalProperties"] is False
