@@ -40,7 +40,8 @@ test: setup
 	$(VENV)/bin/pytest
 
 bench: setup
-	$(VENV)/bin/pytest -m benchmark -s
+	$(VENV)/bin/pytest -m benchmark -s bench tests
+	$(PY) bench/bench_synthesis.py --count 16 --json runs/bench/synthesis.json
 
 lint: setup
 	$(VENV)/bin/ruff check .

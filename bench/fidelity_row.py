@@ -1,6 +1,7 @@
 """One row of the fidelity table: synthesise, train every model, evaluate, write the row.
 
-    .venv/bin/python bench/fidelity_row.py flatvel-a --maps-train ../shared/openfwi/FlatVelA_train.zip \
+    .venv/bin/python bench/fidelity_row.py flatvel-a \
+        --maps-train ../shared/openfwi/FlatVelA_train.zip \
         --maps-test ../shared/openfwi/FlatVelA_test.zip --train-count 1200 --test-count 200 \
         --epochs 6 --threads 2 --out runs/fidelity
 
