@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) install -q --disable-pip-version-check -e '.[dev,export]'
 	@touch $@
 
 # Until the testbed lands, the main job synthesises a small dataset from real FlatVel-A maps
