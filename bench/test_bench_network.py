@@ -26,7 +26,7 @@ def _scaled(n_devices: int, kind: str, loss: float) -> Topology:
     base = load_topology(REPO / "topology.yaml").model_dump()
     base["links"]["wifi"].update(kind=kind, loss=loss)
     template = base["devices"][0]
-    base["devices"] = [dict(template, id=f"device-{i}", receivers=[14 * i, 14 * i + 14])
+    base["devices"] = [dict(template, id=f"device-{i + 1}", receivers=[14 * i, 14 * i + 14])
                        for i in range(n_devices)]
     return Topology.model_validate(base)
 

@@ -170,13 +170,20 @@ EnergySpec = Annotated[StateEnergy | FirstOrderEnergy | PresetEnergy, Field(disc
 class DeviceSpec(_Model):
     """One edge device: its receivers ``[start, stop)``, its link profile and its radio."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)
+    id: str = Field(pattern=r"^device-[1-9][0-9]{0,8}$", max_length=16,
+                    description="`device-<n>`, n >= 1: the wire format's device id, the MQTT "
+                                "username and topic level")
     receivers: tuple[NonNegativeInt, NonNegativeInt]
     link: str = Field(description="Name of a profile under `links`.")
     energy: EnergySpec
     cpu_scale: float = Field(1.0, gt=0, description="Compute time multiplier vs the reference.")
     compute_w: float = Field(3.0, ge=0, description="Extra power while computing, watts.")
     radio_idle_state: Literal["idle", "sleep"] = "idle"
+
+    @property
+    def number(self) -> int:
+        """The integer ``n`` of ``device-<n>``: the device id in frame headers."""
+        return int(self.id.split("-", 1)[1])
 
     @field_validator("energy", mode="before")
     @classmethod

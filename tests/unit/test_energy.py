@@ -96,7 +96,7 @@ links:
   l: {kind: dedicated, bandwidth_bps: 1.0e+6, delay_s: 0.01, mtu_bytes: 1000,
       overhead_bytes: 100, ack_payload_bytes: 4}
 devices:
-  - {id: d, receivers: [0, 14], link: l, cpu_scale: 2.0, compute_w: 3.0,
+  - {id: device-1, receivers: [0, 14], link: l, cpu_scale: 2.0, compute_w: 3.0,
      energy: {model: state, tx_w: 2.0, rx_w: 1.0, idle_w: 0.5}}
 """)
     result = NetworkModel(topo, seed=0).run(Workload((Message(2000, 0.01),), 3, 1.0))

@@ -19,8 +19,8 @@ def make_topology(n_devices: int = 1, kind: str = "dedicated", *, bandwidth_bps:
                   max_retries: int = 5, broker_s: float = 0.0, central_s: float = 0.0,
                   energy: str = "wifi-80211n", cpu_scale: float = 1.0) -> Topology:
     devices = "\n".join(
-        f"  - {{id: d{i}, receivers: [{14 * i}, {14 * i + 14}], link: l, energy: {energy}, "
-        f"cpu_scale: {cpu_scale}}}" for i in range(n_devices))
+        f"  - {{id: device-{i + 1}, receivers: [{14 * i}, {14 * i + 14}], link: l, "
+        f"energy: {energy}, cpu_scale: {cpu_scale}}}" for i in range(n_devices))
     return parse_topology(f"""
 testbed: test
 broker: {{processing_s: {broker_s}}}

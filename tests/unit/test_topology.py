@@ -35,11 +35,11 @@ links:
     delay_s: 0.002
     loss: 0.01
 devices:
-  - id: a
+  - id: device-1
     receivers: [0, 14]
     link: wifi
     energy: wifi-80211n
-  - id: b
+  - id: device-2
     receivers: [14, 28]
     link: wifi
     energy: {model: state, tx_w: 1.0, rx_w: 0.5, idle_w: 0.1}
@@ -48,7 +48,8 @@ devices:
 
 def test_base_parses() -> None:
     topo = parse_topology(BASE)
-    assert [d.id for d in topo.devices] == ["a", "b"]
+    assert [d.id for d in topo.devices] == ["device-1", "device-2"]
+    assert [d.number for d in topo.devices] == [1, 2]
     assert topo.devices[0].energy == PresetEnergy(model="preset", name="wifi-80211n")
     assert topo.link_of(topo.devices[1]).bandwidth_bps == 20e6
 
@@ -72,7 +73,8 @@ def test_default_topology_is_the_5_device_testbed() -> None:
      "got 'wifi-9000'"),
     ("receivers: [14, 28]", "receivers: [10, 28]", ":17: devices[1].receivers:",
      "overlaps devices[0]"),
-    ("id: b", "id: a", ":16: devices[1].id:", "duplicate device id 'a'"),
+    ("id: device-2", "id: device-1", ":16: devices[1].id:", "duplicate device id 'device-1'"),
+    ("id: device-2", "id: sensor-2", ":16: devices[1].id:", "should match pattern"),
     ("    energy: wifi-80211n", "    energy: wifi-80211n\n    colour: red",
      ":16: devices[0].colour:", "unknown key"),
     ("link: wifi\n    energy: {", "link: wify\n    energy: {", ":18: devices[1].link:",

@@ -1,0 +1,103 @@
+"""Ship a trained checkpoint into ``artifacts/``: float16 weights plus a manifest entry.
+
+    .venv/bin/python bench/ship_artifact.py runs/fidelity/flatvel-a/epic \
+        --test data/flatvel-a/test --maps ../shared/openfwi/FlatVelA_test.zip
+
+Writes ``artifacts/<model>-<dataset>.pt`` (floating-point weights in float16) and updates
+``artifacts/manifest.json`` with: the command that trained it (from its training config),
+the data, the budget (epochs, samples, wall time), the test metrics of the float32 and the
+float16 weights (float16 must cost no fidelity: |delta MAE| <= 1e-3), and the metrics on a
+small fixed subset (the first ``--subset`` maps of ``--maps``, re-synthesised) that
+``tests/unit/test_artifacts.py`` reproduces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from epic.data.normalized import load_normalized
+from epic.data.synth import read_card, synthesize
+from epic.metrics import fidelity
+from epic.models.checkpoint import load_checkpoint, save_checkpoint
+from epic.train import predict
+
+MANIFEST = Path("artifacts/manifest.json")
+
+
+def _train_command(train: dict) -> str:
+    parts = ["epic train", f"--model {train['model']}", f"--data {train['data_dir']}",
+             f"--out {train['out_dir']}", f"--epochs {train['epochs']}",
+             f"--batch {train['batch']}", f"--seed {train['seed']}", f"--lr {train['lr']}",
+             f"--device-dropout {train['device_dropout']}"]
+    if train.get("token_dim"):
+        parts.append(f"--token-dim {train['token_dim']}")
+    if train.get("threads"):
+        parts.append(f"--threads {train['threads']}")
+    return " ".join(parts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--test", type=Path, required=True)
+    p.add_argument("--maps", type=Path, required=True, help="real maps for the fixed subset")
+    p.add_argument("--subset", type=int, default=4)
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    model, ckpt = load_checkpoint(a.run_dir / "model.pt")
+    name, dataset, train = ckpt["model"], ckpt["dataset"], ckpt["meta"]["train"]
+    out = Path("artifacts") / f"{name}-{dataset}.pt"
+    test = load_normalized(a.test)
+    full = fidelity(predict(model, test.x), test.y)
+    with tempfile.TemporaryDirectory() as tmp:
+        half_path = save_checkpoint(Path(tmp) / "half.pt", model, name, ckpt["config"],
+                                    dataset, ckpt["meta"], half=True)
+        half_model, _ = load_checkpoint(half_path)
+        half = fidelity(predict(half_model, test.x), test.y)
+        if abs(half["mae"] - full["mae"]) > 1e-3:
+            raise SystemExit(f"float16 changes MAE {full['mae']:.5f} -> {half['mae']:.5f}")
+        sub_dir = Path(tmp) / "subset"
+        synthesize(dataset, a.subset, 0, sub_dir, maps_path=a.maps, threads=2)
+        sub = load_normalized(sub_dir)
+        subset = fidelity(predict(half_model, sub.x), sub.y)
+    log = [json.loads(x) for x in (a.run_dir / "log.jsonl").read_text().splitlines()]
+    data_commands = []
+    for split_dir in (Path(train["data_dir"]), a.test):
+        card = read_card(split_dir) or {}
+        gen = card.get("generator", {})
+        maps = f" --maps {gen['source']}" if gen.get("kind") == "maps" else ""
+        data_commands.append(f"epic data synth --dataset {card.get('dataset')} --count "
+                             f"{card.get('count')} --seed {card.get('seed')} --out {split_dir}"
+                             f"{maps}")
+    entry = {
+        "file": out.name,
+        "model": name,
+        "dataset": dataset,
+        "config": ckpt["config"],
+        "parameters": sum(t.numel() for t in model.state_dict().values()
+                          if t.is_floating_point()),
+        "weights_dtype": "float16",
+        "command": _train_command(train),
+        "data": {"train": train["data_dir"], "test": str(a.test), "commands": data_commands,
+                 "train_samples": log[-1]["samples_seen"], "test_samples": len(test.x)},
+        "budget": {"epochs": log[-1]["epoch"], "batch": train["batch"],
+                   "train_wall_s": log[-1]["wall_s"], "machine": "2-core CPU, shared"},
+        "test_metrics_float32": full,
+        "test_metrics": half,
+        "subset": {"maps": str(a.maps), "first": a.subset, "seed": 0, "metrics": subset},
+    }
+    save_checkpoint(out, half_model, name, ckpt["config"], dataset,
+                    {k: v for k, v in entry.items() if k != "file"}, half=True)
+    manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {"checkpoints": {}}
+    manifest["checkpoints"][out.name] = entry
+    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(entry, indent=2))
+
+
+if __name__ == "__main__":
+    main()

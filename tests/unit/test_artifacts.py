@@ -1,0 +1,48 @@
+"""Shipped checkpoints: they load, fit the size budget, and reproduce their manifest."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from epic.data.normalized import load_normalized
+from epic.data.synth import synthesize
+from epic.metrics import fidelity
+from epic.models.checkpoint import load_checkpoint
+from epic.train import predict
+from tests.conftest import REPO, requires_openfwi
+
+ARTIFACTS = REPO / "artifacts"
+MANIFEST = json.loads((ARTIFACTS / "manifest.json").read_text())["checkpoints"]
+
+
+def test_artifacts_stay_under_120_mb():
+    total = sum(p.stat().st_size for p in ARTIFACTS.rglob("*") if p.is_file())
+    assert total < 120e6
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_manifest_entry_matches_its_checkpoint(name):
+    entry = MANIFEST[name]
+    _, ckpt = load_checkpoint(ARTIFACTS / name, expected_model=entry["model"])
+    assert ckpt["dataset"] == entry["dataset"] and ckpt["config"] == entry["config"]
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values()
+               if v.is_floating_point())
+    assert entry["command"].startswith(f"epic train --model {entry['model']} ")
+
+
+@requires_openfwi
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_checkpoint_reproduces_manifest_metrics_on_fixed_subset(name, tmp_path, openfwi_dir):
+    entry = MANIFEST[name]
+    subset = entry["subset"]
+    maps = openfwi_dir / Path(subset["maps"]).name
+    torch.set_num_threads(2)
+    synthesize(entry["dataset"], subset["first"], subset["seed"], tmp_path / "s", maps_path=maps,
+               threads=2)
+    split = load_normalized(tmp_path / "s")
+    model, _ = load_checkpoint(ARTIFACTS / name)
+    got = fidelity(predict(model, split.x), split.y)
+    for key in ("mae", "rmse", "ssim"):
+        assert got[key] == pytest.approx(subset["metrics"][key], abs=1e-3), key
