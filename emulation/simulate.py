@@ -41,6 +41,7 @@ __all__ = [
     "parse_sweep",
     "simulate",
     "sweep",
+    "wire_frame_sizes",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,37 @@ class SimulationResult:
     def to_json(self, indent: int = 2) -> str:
         """`to_dict` as JSON text (NaN written as null)."""
         return json.dumps(_nan_to_none(self.to_dict()), indent=indent, allow_nan=False)
+
+
+def _varint_bytes(n: int) -> int:
+    """Bytes of an MQTT variable-byte integer holding ``n``."""
+    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
+
+
+def wire_frame_sizes(testbed: str, latent_shape: tuple[int, ...] = (14, 64),
+                     raw_shape: tuple[int, ...] = (5, 1000, 14)) -> FrameSizes:
+    """Message sizes measured on the real frame encoder (:mod:`epic.wire`).
+
+    Args:
+        testbed: the testbed name (it is part of every topic, so of every PUBLISH).
+        latent_shape: one device's int8 latent per shot-gather (14 tokens x 64 by default).
+        raw_shape: one device's raw float32 traces per shot-gather (5 shots x 1000 x 14 rx).
+
+    The MQTT v5 PUBLISH overhead counts the fixed header, the remaining-length varint, the
+    topic, the packet id (QoS 1) and an empty property block, for the longer topic.
+    """
+    from epic import wire
+
+    latent = wire.Frame(kind=wire.Kind.LATENT, device_id=1, gather_id=0,
+                        dtype=wire.Dtype.INT8, shape=tuple(latent_shape),
+                        payload=bytes(int(np.prod(latent_shape))))
+    chunks = wire.split_array(wire.Kind.RAW_CHUNK, 1, 0, np.zeros(raw_shape, np.float32))
+    chunk_bytes = max(len(c.encode()) for c in chunks)
+    topic = wire.topic_for(testbed, 1, wire.Channel.LATENT)
+    largest = max(chunk_bytes, len(latent.encode()))
+    overhead = 1 + _varint_bytes(largest) + 2 + len(topic.encode()) + 2 + 1
+    return FrameSizes(latent_frame_bytes=len(latent.encode()), raw_chunk_bytes=chunk_bytes,
+                      raw_chunks=len(chunks), publish_overhead_bytes=overhead)
 
 
 def _nan_to_none(value):

@@ -179,12 +179,12 @@ def evaluate_cmd(model, checkpoint, data_dir, out_json, drop_devices, seed, limi
                    "devices; CSV and PNG go beside --json (or to runs/sweeps).")
 def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
     """Run the SimPy network model in virtual time: EPIC latents against raw traces."""
-    from emulation.simulate import parse_sweep, simulate, sweep
+    from emulation.simulate import parse_sweep, simulate, sweep, wire_frame_sizes
     from epic.topology import load_topology
 
     topology = load_topology(topology_path)
-    result = simulate(topology, mode=mode, shots=shots, seed=seed,
-                      frame_sizes=_frame_sizes())
+    sizes = wire_frame_sizes(topology.testbed)
+    result = simulate(topology, mode=mode, shots=shots, seed=seed, frame_sizes=sizes)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(result.to_json() + "\n")
@@ -202,15 +202,8 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
     for text in sweeps:
         key, values = parse_sweep(text)
         done = sweep(topology, key, values, out_dir, shots=min(shots, 20), seed=seed,
-                     frame_sizes=_frame_sizes())
+                     frame_sizes=sizes)
         click.echo(f"sweep {key}: {done.csv_path} {done.png_path}")
-
-
-def _frame_sizes():
-    """Message sizes of the real frame encoder (epic.wire) for the simulator."""
-    from emulation.simulate import FrameSizes
-
-    return FrameSizes()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,3 +102,14 @@ def test_all_frames_lost_gives_null_latency_in_json(topology) -> None:
     result = simulate(lossy, "epic", shots=2, seed=0)
     assert result.mode("epic").frames_lost == 10
     assert json.loads(result.to_json())["modes"][0]["gather_latency_s"]["p50"] is None
+
+
+def test_frame_sizes_come_from_the_real_frame_encoder() -> None:
+    from epic import wire
+    from emulation.simulate import wire_frame_sizes
+
+    sizes = wire_frame_sizes("epic-5")
+    assert sizes.latent_frame_bytes == wire.HEADER_BYTES + 14 * 64
+    assert sizes.raw_chunks * (sizes.raw_chunk_bytes - wire.HEADER_BYTES) == 5 * 1000 * 14 * 4
+    # fixed header + 3-byte length + topic length + "epic/epic-5/device-1/latent" + id + props
+    assert sizes.publish_overhead_bytes == 1 + 3 + 2 + len("epic/epic-5/device-1/latent") + 2 + 1
