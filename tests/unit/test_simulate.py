@@ -105,8 +105,8 @@ def test_all_frames_lost_gives_null_latency_in_json(topology) -> None:
 
 
 def test_frame_sizes_come_from_the_real_frame_encoder() -> None:
-    from epic import wire
     from emulation.simulate import wire_frame_sizes
+    from epic import wire
 
     sizes = wire_frame_sizes("epic-5")
     assert sizes.latent_frame_bytes == wire.HEADER_BYTES + 14 * 64
