@@ -1,0 +1,390 @@
+"""The central node: subscribe -> validate -> assemble per gather (deadline) -> decode -> sink.
+
+``python -m central.service --topology topology.yaml --rundir RUNDIR --checkpoint CKPT``
+(every option also reads an environment variable, for containers; see ``_ARGS``).
+
+paho's network thread only time-stamps each message and queues it; one worker (the main
+thread) validates, assembles, decodes and writes, so the core needs no locks. A message is
+acknowledged (PUBACK) once queued; on SIGTERM/SIGINT the worker drains the queue, closes every
+open gather, flushes, publishes "offline" and exits 0. Outputs in RUNDIR: ``results.jsonl``
+(one line per decoded gather), ``maps/<mode>-<gather>.npy`` ((70, 70) float32 m/s) and
+``central-status.json`` (counters, rewritten atomically every second). See the "Central node"
+section of docs/wire-format.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from central.assembler import MODE_OF_KIND, Assembler, FrameValidator, Gather, RejectionLog
+from central.raw import RAW_SHOTS, RAW_TIME_SAMPLES, RawDecoder
+from epic.broker import CENTRAL_USER, load_runtime
+from epic.data.openfwi import OpenFWIDataset
+from epic.data.transforms import denormalize_velocity, normalize_velocity
+from epic.errors import InputError
+from epic.metrics import per_sample_fidelity
+from epic.models.checkpoint import load_checkpoint
+from epic.models.registry import DISTRIBUTED
+from epic.mqtt import MqttConnectError, MqttSettings, SessionClient
+from epic.topology import Topology, load_topology
+from epic.wire import Channel, FrameError, central_filter, result_topic, validate_name
+
+__all__ = ["CentralConfig", "CentralService", "LatentDecoder", "main"]
+
+log = logging.getLogger(__name__)
+STATUS_FILE = "central-status.json"
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    """Everything central needs, parsed once. Paths are as given; ``None`` means absent.
+
+    Attributes:
+        topology: topology.yaml; rundir: broker runtime dir (credentials) and output dir.
+        checkpoint: the latent model ("epic" or another distributed model).
+        raw_checkpoint: an "inversionnet" checkpoint for raw mode, or None (no raw maps).
+        truth: an OpenFWI-layout directory (gather id = sample index) for MAE/RMSE/SSIM.
+        threads: torch intra-op threads. broker_host/port, password: override the runtime.
+        log_interval_s: a rejection reason is logged at most once per this interval.
+        status_interval_s: period of the central-status.json rewrite.
+        max_batch: gathers decoded in one model call when several are ready.
+    """
+
+    topology: Path
+    rundir: Path
+    checkpoint: Path
+    raw_checkpoint: Path | None = None
+    truth: Path | None = None
+    threads: int = 1
+    broker_host: str | None = None
+    broker_port: int | None = None
+    password: str | None = None
+    client_id: str = CENTRAL_USER
+    log_interval_s: float = 5.0
+    status_interval_s: float = 1.0
+    max_batch: int = 16
+
+
+class LatentDecoder:
+    """Dequantises latent frames into tokens and runs the distributed model's decoder.
+
+    Args:
+        checkpoint: a checkpoint of a model in ``epic.models.DISTRIBUTED``.
+        receivers: device id -> receiver range ``(first, last)``; a device's slot in the
+            model is ``first // rx_per_device`` and its range must be one slot exactly.
+    """
+
+    def __init__(self, checkpoint: Path, receivers: Mapping[int, tuple[int, int]]) -> None:
+        self.model, ckpt = load_checkpoint(checkpoint)
+        if ckpt["model"] not in DISTRIBUTED:
+            raise InputError(f"{checkpoint}: model {ckpt['model']!r} takes no latents; "
+                             f"expected one of {sorted(DISTRIBUTED)}")
+        k, n_devices = self.model.rx_per_device, self.model.n_devices
+        self.latent_shape = (k, self.model.token_dim)
+        self.slots: dict[int, int] = {}
+        for device_id, (first, last) in receivers.items():
+            if first % k or last - first != k or first // k >= n_devices:
+                raise InputError(f"device-{device_id} receivers [{first}, {last}) are not one "
+                                 f"of the model's {n_devices} slots of {k} receivers")
+            self.slots[device_id] = first // k
+        self.n_devices = n_devices
+        log.info("latent mode: %s model from %s, latent %s", ckpt["model"], checkpoint,
+                 self.latent_shape)
+
+    def decode(self, gathers: Sequence[Gather]) -> np.ndarray:
+        """``len(gathers)`` maps, ``(B, 70, 70)`` float32 m/s, absent devices masked."""
+        tokens = np.zeros((len(gathers), self.n_devices, *self.latent_shape), np.float32)
+        present = np.zeros((len(gathers), self.n_devices), bool)
+        for row, gather in enumerate(gathers):
+            for device_id, parts in gather.devices.items():
+                slot = self.slots[device_id]
+                tokens[row, slot] = parts.frames[0].dequantized()  # (14, 64)
+                present[row, slot] = True
+        with torch.inference_mode():
+            y = self.model.decode(torch.from_numpy(tokens), torch.from_numpy(present))
+        return denormalize_velocity(y.numpy()[:, 0])  # (B, 70, 70) m/s
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class CentralService:
+    """The running central node. ``run(stop)`` blocks until ``stop`` is set."""
+
+    def __init__(self, config: CentralConfig, topology: Topology) -> None:
+        self.config = config
+        self.topology = topology
+        self.testbed = validate_name(topology.testbed)
+        self.names = {d.number: d.id for d in topology.devices}
+        receivers = {d.number: tuple(d.receivers) for d in topology.devices}
+        self.latent = LatentDecoder(config.checkpoint, receivers)
+        self.raw = RawDecoder(config.raw_checkpoint, receivers)
+        self.validator = FrameValidator({n: b - a for n, (a, b) in receivers.items()},
+                                        self.latent.latent_shape, RAW_TIME_SAMPLES, RAW_SHOTS)
+        self.assembler = Assembler(list(receivers), topology.central.decode_deadline_s)
+        self.rejections = RejectionLog(config.log_interval_s)
+        self.truth = OpenFWIDataset(config.truth) if config.truth else None
+        self.rundir = Path(config.rundir)
+        (self.rundir / "maps").mkdir(parents=True, exist_ok=True)
+        self._inbox: queue.SimpleQueue[tuple[str, bytes, int]] = queue.SimpleQueue()
+        self.received = self.accepted = self.status_messages = self.decode_errors = 0
+        self.decoded = {mode: 0 for mode in MODE_OF_KIND.values()}
+        self.partial = 0
+        self.device_status: dict[str, str] = {}
+        self.last_gather: dict | None = None
+        self.started_ns = time.time_ns()
+        self.client = SessionClient(self._mqtt_settings(), subscriptions=[
+            central_filter(self.testbed, c) for c in (Channel.LATENT, Channel.RAW,
+                                                       Channel.STATUS)],
+            on_message=self._on_message, status_topic=f"epic/{self.testbed}/central/status")
+
+    def _mqtt_settings(self) -> MqttSettings:
+        cfg = self.config
+        runtime = None
+        if cfg.broker_host is None or cfg.broker_port is None or cfg.password is None:
+            runtime = load_runtime(cfg.rundir)
+            if runtime.testbed != self.testbed:
+                raise InputError(f"broker runtime {cfg.rundir} is for testbed "
+                                 f"{runtime.testbed!r}, topology {cfg.topology} for "
+                                 f"{self.testbed!r}")
+        return MqttSettings(
+            host=cfg.broker_host or runtime.host, port=cfg.broker_port or runtime.port,
+            client_id=cfg.client_id, username=CENTRAL_USER,
+            password=cfg.password or runtime.password(CENTRAL_USER),
+            ca_file=runtime.ca_file if runtime else None, replay_window_s=0)
+
+    def _on_message(self, message: object) -> None:  # paho's network thread
+        self._inbox.put((message.topic, bytes(message.payload), time.time_ns()))
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect (retrying until ``stop``), serve until ``stop``, then shut down cleanly."""
+        while not stop.is_set():
+            try:
+                self.client.connect(timeout_s=10)
+                break
+            except MqttConnectError as exc:
+                log.warning("%s; retrying in 2 s", exc)
+                stop.wait(2)
+        log.info("central ready: testbed %s, %d devices, deadline %.3f s", self.testbed,
+                 len(self.names), self.assembler.deadline_s)
+        next_status_s = 0.0
+        while not stop.is_set():
+            now_s = time.monotonic()
+            if now_s >= next_status_s:
+                self.write_status()
+                next_status_s = now_s + self.config.status_interval_s
+            deadline_s = self.assembler.next_deadline_s()
+            wait_s = min(0.2, next_status_s - now_s,
+                         deadline_s - now_s if deadline_s is not None else 0.2)
+            self._step(max(wait_s, 0.0))
+        self.shutdown()
+
+    def _step(self, wait_s: float) -> None:
+        """Take queued messages (waiting up to ``wait_s`` for the first), decode what is due."""
+        ready: list[Gather] = []
+        try:
+            item = self._inbox.get(timeout=wait_s) if wait_s > 0 else self._inbox.get_nowait()
+            ready += self._ingest(*item)
+            for _ in range(1000):  # drain a burst so its gathers are decoded in batches
+                ready += self._ingest(*self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        ready += self.assembler.expired(time.monotonic())
+        if ready:
+            self._decode(ready)
+
+    def _ingest(self, topic: str, payload: bytes, receive_ns: int) -> list[Gather]:
+        if topic.endswith("/" + Channel.STATUS):
+            self.status_messages += 1
+            device = topic.split("/")[-2]
+            if device in self.names.values():
+                self.device_status[device] = payload.decode("ascii", "replace")[:16]
+            return []
+        self.received += 1
+        now_s = time.monotonic()
+        try:
+            frame = self.validator.validate(topic, payload)
+            gather = self.assembler.add(frame, receive_ns, now_s)
+        except FrameError as exc:
+            self.rejections.reject(exc.reason, str(exc), now_s)
+            return []
+        except Exception as exc:  # never let garbage take the service down
+            self.rejections.reject("internal_error", f"{type(exc).__name__}: {exc}", now_s)
+            return []
+        self.accepted += 1
+        return [gather] if gather is not None else []
+
+    def _decode(self, gathers: list[Gather]) -> None:
+        for mode, decoder in (("latent", self.latent), ("raw", self.raw)):
+            todo = [g for g in gathers if g.mode == mode]
+            for start in range(0, len(todo), self.config.max_batch):
+                batch = todo[start:start + self.config.max_batch]
+                start_ns = time.time_ns()
+                try:
+                    maps = decoder.decode(batch) if mode == "latent" or self.raw.available \
+                        else [None] * len(batch)
+                except Exception as exc:
+                    self.decode_errors += 1
+                    log.error("decode of %s gathers %s failed: %s: %s", mode,
+                              [g.gather_id for g in batch], type(exc).__name__, exc)
+                    continue
+                end_ns = time.time_ns()
+                for gather, velocity in zip(batch, maps, strict=True):
+                    self._sink(gather, velocity, start_ns, end_ns, len(batch))
+
+    def _sink(self, gather: Gather, velocity: np.ndarray | None, start_ns: int, end_ns: int,
+              batch: int) -> None:
+        """Write the map, one results.jsonl line, and the short result on MQTT."""
+        name = f"{gather.mode}-{gather.gather_id}"
+        map_ref = None
+        if velocity is not None:
+            map_ref = f"maps/{name}.npy"
+            tmp = self.rundir / "maps" / f".{name}.tmp.npy"
+            np.save(tmp, np.asarray(velocity, np.float32))
+            os.replace(tmp, self.rundir / map_ref)
+        devices = {self.names[d]: {**p.stamps_ns, "frames": len(p.frames),
+                                   "wire_bytes": p.wire_bytes}
+                   for d, p in gather.devices.items()}
+        record = {
+            "gather": gather.gather_id, "mode": gather.mode,
+            "present": [self.names[d] for d in gather.devices],
+            "absent": [n for d, n in self.names.items() if d not in gather.devices],
+            "incomplete": [self.names[d] for d in gather.incomplete],
+            "at_deadline": gather.at_deadline,
+            "wait_s": round(gather.closed_s - gather.first_s, 6),
+            "decode_start_ns": start_ns, "decode_end_ns": end_ns, "decode_batch": batch,
+            "devices": devices,
+            "wire_bytes": sum(d["wire_bytes"] for d in devices.values()),
+            "map": map_ref, "metrics": self._metrics(gather.gather_id, velocity),
+        }
+        with open(self.rundir / RESULTS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.decoded[gather.mode] += 1
+        self.partial += len(gather.devices) < len(self.names)
+        short = {k: record[k] for k in ("gather", "mode", "present", "decode_end_ns", "map",
+                                        "metrics")}
+        self.last_gather = short
+        if self.client.is_connected:
+            self.client.publish(result_topic(self.testbed), json.dumps(short).encode())
+
+    def _metrics(self, gather_id: int, velocity: np.ndarray | None) -> dict | None:
+        if self.truth is None or velocity is None or gather_id >= len(self.truth):
+            return None
+        true = self.truth[gather_id][1]
+        if true is None:
+            return None
+        per = per_sample_fidelity(normalize_velocity(velocity)[None, None],
+                                  normalize_velocity(true)[None])
+        return {k: round(float(v[0]), 6) for k, v in per.items()}
+
+    def status(self) -> dict:
+        """The counters written to central-status.json."""
+        return {
+            "pid": os.getpid(), "started_ns": self.started_ns, "updated_ns": time.time_ns(),
+            "testbed": self.testbed, "connected": self.client.is_connected,
+            "connects": self.client.connects,
+            "frames": {"received": self.received, "accepted": self.accepted,
+                       "rejected": dict(sorted(self.rejections.counts.items()))},
+            "gathers": {"decoded": dict(self.decoded), "partial": self.partial,
+                        "dropped": self.assembler.dropped, "pending": self.assembler.pending,
+                        "decode_errors": self.decode_errors},
+            "status_messages": self.status_messages, "device_status": self.device_status,
+            "last_gather": self.last_gather,
+        }
+
+    def write_status(self) -> None:
+        """Rewrite RUNDIR/central-status.json atomically."""
+        _write_atomic(self.rundir / STATUS_FILE, json.dumps(self.status(), indent=1))
+
+    def shutdown(self) -> None:
+        """Drain, close every open gather, publish "offline", disconnect, final status."""
+        log.info("central stopping: draining %d queued messages", self._inbox.qsize())
+        self._step(0)
+        self._decode(self.assembler.flush(time.monotonic()))
+        self.client.close()  # retained "offline" on epic/<testbed>/central/status
+        self._step(0)  # anything that arrived while disconnecting (acknowledged already)
+        self._decode(self.assembler.flush(time.monotonic()))
+        self.write_status()
+        log.info("central stopped: %d frames accepted, %d rejected, %s gathers decoded",
+                 self.accepted, self.rejections.total, self.decoded)
+
+
+_ARGS = (  # flag, environment variable, type, help
+    ("--topology", "EPIC_TOPOLOGY", Path, "topology.yaml"),
+    ("--rundir", "EPIC_RUNDIR", Path, "broker runtime dir (credentials) and output dir"),
+    ("--checkpoint", "EPIC_CHECKPOINT", Path, "latent model checkpoint"),
+    ("--raw-checkpoint", "EPIC_RAW_CHECKPOINT", Path, "InversionNet checkpoint (raw mode)"),
+    ("--truth", "EPIC_TRUTH", Path, "OpenFWI-layout dir with the true maps"),
+    ("--threads", "EPIC_THREADS", int, "torch threads (default 1)"),
+    ("--broker-host", "EPIC_BROKER_HOST", str, "broker host (default: from the runtime)"),
+    ("--broker-port", "EPIC_BROKER_PORT", int, "broker port (default: from the runtime)"),
+    ("--max-batch", "EPIC_MAX_BATCH", int, "gathers per model call (default 16)"),
+)
+
+
+def parse_config(argv: Sequence[str] | None = None) -> CentralConfig:
+    """Command line, falling back to environment variables; raise InputError if incomplete."""
+    parser = argparse.ArgumentParser(prog="python -m central.service", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, env, kind, text in _ARGS:
+        parser.add_argument(flag, type=kind, default=None, help=f"{text} [${env}]")
+    parser.add_argument("--log-level", default=os.environ.get("EPIC_LOG_LEVEL", "INFO"))
+    args = vars(parser.parse_args(argv))
+    values: dict[str, object] = {}
+    for flag, env, kind, _ in _ARGS:
+        key = flag[2:].replace("-", "_")
+        value = args[key] if args[key] is not None else os.environ.get(env)
+        try:
+            values[key] = kind(value) if value not in (None, "") else None
+        except ValueError:
+            raise InputError(f"{flag} / ${env}: cannot read {value!r} as {kind.__name__}"
+                             ) from None
+    missing = [f for f in ("topology", "rundir", "checkpoint") if values[f] is None]
+    if missing:
+        raise InputError(f"central needs {', '.join('--' + m for m in missing)} "
+                         f"(or $EPIC_{'/$EPIC_'.join(m.upper() for m in missing)})")
+    values = {k: v for k, v in values.items() if v is not None}
+    logging.getLogger().setLevel(args["log_level"].upper())
+    return CentralConfig(password=os.environ.get("EPIC_MQTT_PASSWORD") or None, **values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run central until SIGTERM/SIGINT; 0 on a clean stop, 2 on bad input."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        config = parse_config(argv)
+        if config.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {config.threads}")
+        torch.set_num_threads(config.threads)
+        service = CentralService(config, load_topology(config.topology))
+    except InputError as exc:  # also DataError, TopologyError
+        log.error("%s", exc)
+        return 2
+    service.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
