@@ -8,7 +8,7 @@ few raw chunks in centralized mode) over its link. Per message:
    ``overhead_bytes`` of headers (a LoRa preset also caps the payload at its LoRaWAN limit);
 3. serialisation: the packets of a round go out back to back, ``bytes·8 / bandwidth_bps``
    (LoRa: AN1200.13 time on air per packet, then the duty-cycle off time). A shared medium is
-   one FIFO server held for a round (`simpy.Resource`, or its closed form `_Fifo`); a
+   one FIFO server held for a round (`simpy.Resource`, or its closed form `Medium`); a
    dedicated link is owned by its device's sender;
 4. loss: each packet is lost with probability ``loss``; the lost ones go again in a new
    round ``rto_s`` after the end of the round, at most ``max_retries`` times, else the frame
@@ -26,6 +26,10 @@ the broker, so its frames are computed in closed form and handed to the broker i
 a shared medium is served as a closed-form FIFO, since every hold time is known when it is
 requested. ``closed_form=False`` runs the plain SimPy version (processes, `simpy.Resource`);
 tests check that both give the same frames and energy.
+
+The live proxy (`emulation.proxy`, via `emulation.shaper`) reuses the per-device pieces:
+`LinkSender` (link, radio, random stream, energy books), `plan_frame` (segmentation and loss
+rounds, the event path's own code) and `Medium` (the FIFO server), in wall-clock time.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from emulation.energy import DeviceEnergy, LoraPhy, RadioEnergy, device_energy, 
 from epic.errors import InputError
 from epic.topology import LinkSpec, Topology
 
-__all__ = ["STAGES", "FrameRecords", "Message", "NetworkModel", "NetworkResult", "Workload"]
+__all__ = ["STAGES", "FramePlan", "FrameRecords", "LinkSender", "Medium", "Message", "NetworkModel",
+           "NetworkResult", "Workload", "plan_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -132,26 +137,50 @@ class NetworkResult:
     horizon_s: float
 
 
-class _Fifo:
+class Medium:
     """A FIFO single server in closed form. Every holder's time is known when it asks, so a
     request made at ``now`` is served from ``max(now, free_s)``: what `simpy.Resource`
-    (capacity 1) does, without its request and release events."""
+    (capacity 1) does, without its request and release events. The live proxy uses it in
+    wall-clock seconds."""
 
     __slots__ = ("free_s",)
 
     def __init__(self) -> None:
         self.free_s = 0.0
 
+    def hold(self, now_s: float, dt_s: float) -> float:
+        """Occupy the server for ``dt_s`` seconds from ``max(now_s, free_s)``; return the end."""
+        self.free_s = (now_s if now_s > self.free_s else self.free_s) + dt_s
+        return self.free_s
 
-class _Sender:
-    """Internal per-device state: the resolved link and radio, and the energy books."""
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """The rounds of one frame on a link, drawn from its device's loss stream.
+
+    Attributes:
+        rounds: per round, (full packets, whether the short last packet goes): round 0 sends
+            every packet, round k > 0 resends those lost in round k - 1, ``rto_s`` after it.
+        last_bytes: payload bytes of the last packet.
+        lost: the frame still had lost packets after ``max_retries`` resends.
+    """
+
+    rounds: tuple[tuple[int, bool], ...]
+    last_bytes: int
+    lost: bool
+
+
+class LinkSender:
+    """One device's resolved link and radio, its random stream and its energy books (the
+    model's per-device state; the live proxy drives one per device in wall-clock time)."""
 
     __slots__ = ("ack_bytes", "ack_s", "bw", "compute_s", "cpu_scale", "dc_free", "delay", "dev",
                  "id", "jitter", "link", "lora", "medium", "payload_cap", "radio", "rand",
                  "rx_bits", "rx_s", "tx_bits", "tx_s")
 
     def __init__(self, dev: int, device_id: str, link: LinkSpec, radio: RadioEnergy,
-                 cpu_scale: float, medium: _Fifo | simpy.Resource | None, seed: int) -> None:
+                 cpu_scale: float, medium: Medium | simpy.Resource | None, seed: int) -> None:
         self.rand = random.Random(f"{seed}/{dev}").random
         self.dev, self.id, self.link, self.radio = dev, device_id, link, radio
         self.cpu_scale, self.medium, self.lora = cpu_scale, medium, radio.lora
@@ -169,9 +198,47 @@ class _Sender:
             return self.lora.airtime_s(wire_bytes)
         return wire_bytes * 8.0 / self.bw
 
+    def round_sizes(self, n_full: int, last_out: bool, last_bytes: int) -> list[int]:
+        """Wire sizes (headers included) of a round's packets, bytes."""
+        ovh = self.link.overhead_bytes
+        return [self.payload_cap + ovh] * n_full + ([last_bytes + ovh] if last_out else [])
+
+    def round_bytes(self, n_full: int, last_out: bool, last_bytes: int) -> int:
+        """Wire bytes of a round (headers included), bytes."""
+        ovh = self.link.overhead_bytes
+        return n_full * (self.payload_cap + ovh) + (last_bytes + ovh if last_out else 0)
+
+    def propagation_s(self) -> float:
+        """One draw of the propagation time, ``delay_s + U[0, jitter_s]``, seconds."""
+        return self.delay + (self.jitter * self.rand() if self.jitter else 0.0)
+
     @property
     def fast(self) -> bool:
         return self.medium is None and self.lora is None
+
+
+
+def plan_frame(s: LinkSender, payload_bytes: int) -> FramePlan:
+    """Segment a frame of ``payload_bytes`` and draw its loss rounds from ``s``'s stream.
+
+    The draws are those of the model's senders, in the same order: per round, one per
+    outstanding full packet, then one for the last packet.
+    """
+    n = max(math.ceil(payload_bytes / s.payload_cap), 1)
+    n_full, last = n - 1, payload_bytes - (n - 1) * s.payload_cap
+    p, rand, last_out = s.link.loss, s.rand, True
+    rounds = [(n_full, True)]
+    while True:
+        if p > 0.0:
+            n_full = sum(1 for _ in range(n_full) if rand() < p)
+            last_out = last_out and rand() < p
+        else:
+            n_full, last_out = 0, False
+        if not (n_full or last_out):
+            return FramePlan(tuple(rounds), last, False)
+        if len(rounds) > s.link.max_retries:
+            return FramePlan(tuple(rounds), last, True)
+        rounds.append((n_full, last_out))
 
 
 class NetworkModel:
@@ -182,25 +249,25 @@ class NetworkModel:
         seed: seed of the random streams (loss and jitter, one stream per device); equal
             seeds give equal results.
         closed_form: compute dedicated links in closed form, and serve shared media as a
-            closed-form FIFO (`_Fifo`). False runs every link event by event, shared media as
+            closed-form FIFO (`Medium`). False runs every link event by event, shared media as
             `simpy.Resource`: slower, for checking; the results are the same.
     """
 
     def __init__(self, topology: Topology, seed: int = 0, closed_form: bool = True) -> None:
         self.topology = topology
         self.env = simpy.Environment()
-        self._media: dict[str, _Fifo | simpy.Resource] = {}
+        self._media: dict[str, Medium | simpy.Resource] = {}
         media = self._media
-        self.senders: list[_Sender] = []
+        self.senders: list[LinkSender] = []
         for i, d in enumerate(topology.devices):
             link = topology.link_of(d)
             medium = None
             if link.kind == "shared":
                 if d.link not in media:
-                    media[d.link] = (_Fifo() if closed_form
+                    media[d.link] = (Medium() if closed_form
                                      else simpy.Resource(self.env, capacity=1))
                 medium = media[d.link]
-            self.senders.append(_Sender(i, d.id, link, radio_energy(d.energy), d.cpu_scale,
+            self.senders.append(LinkSender(i, d.id, link, radio_energy(d.energy), d.cpu_scale,
                                         medium, seed))
         self._broker_s = topology.broker.processing_s
         self._central_s = topology.central.processing_s
@@ -228,12 +295,13 @@ class NetworkModel:
             arrivals.sort(key=lambda a: a[0])
             self.env.process(self._feed(arrivals))
         self.env.run()
-        busy_s = [m.free_s for m in self._media.values() if isinstance(m, _Fifo)]
+        busy_s = [m.free_s for m in self._media.values() if isinstance(m, Medium)]
         horizon_s = max(self.env.now, self._last_end_s, workload.gathers * workload.interval_s,
                         *busy_s)
         return self._result(horizon_s)
 
-    def _ready_times(self, s: _Sender, w: Workload) -> list[tuple[int, int, float, float, float]]:
+    def _ready_times(self, s: LinkSender,
+                     w: Workload) -> list[tuple[int, int, float, float, float]]:
         """(gather, message, gather start, compute duration, ready time) for each frame; the
         device CPU runs one message at a time, in order."""
         out, cpu_free = [], 0.0
@@ -246,12 +314,12 @@ class NetworkModel:
                 out.append((g, k, t0, c, cpu_free))
         return out
 
-    def _packets(self, s: _Sender, payload_bytes: int) -> tuple[int, int]:
+    def _packets(self, s: LinkSender, payload_bytes: int) -> tuple[int, int]:
         """(full packets, payload bytes of the last packet) for one frame."""
         n = max(math.ceil(payload_bytes / s.payload_cap), 1)
         return n - 1, payload_bytes - (n - 1) * s.payload_cap
 
-    def _closed_form(self, s: _Sender, w: Workload, ready: list) -> list[tuple]:
+    def _closed_form(self, s: LinkSender, w: Workload, ready: list) -> list[tuple]:
         """A dedicated link in closed form: its (broker arrival time, frame) list.
 
         The same rounds and the same draws from the device's stream as `_send_all`, without
@@ -304,73 +372,60 @@ class NetworkModel:
                 yield env.timeout(t - env.now)
             arrive(t, frame)
 
-    def _send_all(self, s: _Sender, w: Workload, ready: list):
+    def _send_all(self, s: LinkSender, w: Workload, ready: list):
         """The event-by-event sender: medium contention, loss rounds, duty cycle."""
-        env, link, rand = self.env, s.link, s.rand
-        p, ovh = link.loss, link.overhead_bytes
+        env, rto_s = self.env, s.link.rto_s
         for g, k, t0, c, r in ready:
             if r > env.now:
                 yield env.timeout(r - env.now)
-            payload = w.messages[k].payload_bytes
-            n_full, last = self._packets(s, payload)
-            last_out, transmit, retx, wire_total, rounds = True, 0.0, 0.0, 0, 0
-            while True:
+            plan = plan_frame(s, w.messages[k].payload_bytes)
+            transmit, retx, wire_total = 0.0, 0.0, 0
+            for i, (n_full, last_out) in enumerate(plan.rounds):
+                if i:  # the lost packets of the previous round go again after the timeout
+                    log.debug("device %s frame %d/%d: round %d resends %d packets", s.id, g, k,
+                              i, n_full + int(last_out))
+                    yield env.timeout(rto_s)
+                    retx += rto_s
                 # one round: the outstanding packets, back to back
                 if s.lora is None:
-                    wire = n_full * (s.payload_cap + ovh) + (last + ovh if last_out else 0)
-                    packets = n_full + int(last_out)
+                    wire = s.round_bytes(n_full, last_out, plan.last_bytes)
                     dt = wire * 8.0 / s.bw
                     yield from self._hold(s, dt)
                 else:
-                    sizes = [s.payload_cap + ovh] * n_full + ([last + ovh] if last_out else [])
-                    packets, wire, dt = len(sizes), sum(sizes), 0.0
+                    sizes = s.round_sizes(n_full, last_out, plan.last_bytes)
+                    wire, dt = sum(sizes), 0.0
                     for size in sizes:
                         yield from self._lora_packet(s, s.lora, size)
                         dt += s.lora.airtime_s(size)
                 s.tx_s += dt
                 s.tx_bits += wire * 8.0
                 wire_total += wire
-                if rounds == 0:
+                if i == 0:
                     transmit = dt
                 else:
                     retx += dt
-                if p > 0.0:
-                    n_full = sum(1 for _ in range(n_full) if rand() < p)
-                    last_out = last_out and rand() < p
-                else:
-                    n_full, last_out = 0, False
-                if n_full == 0 and not last_out:
-                    break
-                if rounds == link.max_retries:
-                    break
-                rounds += 1
-                log.debug("device %s frame %d/%d: %d of %d packets resent", s.id, g, k,
-                          n_full + int(last_out), packets)
-                yield env.timeout(link.rto_s)
-                retx += link.rto_s
-            if n_full or last_out:
+            if plan.lost:
                 self._record(s, g, k, t0, env.now, c, transmit, retx, 0.0, 0.0, 0.0, True,
                              wire_total)
                 continue
-            prop = s.delay + (s.jitter * rand() if s.jitter else 0.0)
+            prop = s.propagation_s()
             ev = env.timeout(prop, (s, g, k, t0, c, transmit, retx, prop, wire_total))
             ev.callbacks.append(self._arrive)
 
-    def _hold(self, s: _Sender, dt: float):
+    def _hold(self, s: LinkSender, dt: float):
         """Occupy the device's link for ``dt`` seconds, after the medium's earlier holders."""
         env, medium = self.env, s.medium
         if medium is None:
             yield env.timeout(dt)
-        elif isinstance(medium, _Fifo):
+        elif isinstance(medium, Medium):
             now = env.now
-            medium.free_s = (now if now > medium.free_s else medium.free_s) + dt
-            yield env.timeout(medium.free_s - now)
+            yield env.timeout(medium.hold(now, dt) - now)
         else:
             with medium.request() as req:
                 yield req
                 yield env.timeout(dt)
 
-    def _lora_packet(self, s: _Sender, lora: LoraPhy, size: int):
+    def _lora_packet(self, s: LinkSender, lora: LoraPhy, size: int):
         """Send one LoRa packet: wait for the duty cycle and the medium, then its airtime."""
         env = self.env
         if s.dc_free > env.now:
@@ -398,12 +453,12 @@ class NetworkModel:
             s.rx_s += s.ack_s  # full-duplex dedicated downlink: no contention to model
         else:
             ev = self.env.timeout(b_done + s.delay - now, s)
-            ev.callbacks.append(self._ack_fifo if isinstance(s.medium, _Fifo)
+            ev.callbacks.append(self._ack_fifo if isinstance(s.medium, Medium)
                                 else self._ack_request)
 
     def _ack_fifo(self, event: simpy.Event) -> None:
-        s, now = event.value, self.env.now
-        s.medium.free_s = (now if now > s.medium.free_s else s.medium.free_s) + s.ack_s
+        s = event.value
+        s.medium.hold(self.env.now, s.ack_s)
         s.rx_s += s.ack_s
 
     # The PUBACK crosses the shared medium back to the device: request, hold, release, as
@@ -413,7 +468,7 @@ class NetworkModel:
         req = s.medium.request()
         req.callbacks.append(functools.partial(self._ack_hold, s))
 
-    def _ack_hold(self, s: _Sender, req: simpy.Event) -> None:
+    def _ack_hold(self, s: LinkSender, req: simpy.Event) -> None:
         ev = self.env.timeout(s.ack_s, (s, req))
         ev.callbacks.append(self._ack_done)
 
@@ -422,7 +477,7 @@ class NetworkModel:
         s.medium.release(req)
         s.rx_s += s.ack_s
 
-    def _record(self, s: _Sender, g: int, k: int, t0: float, end: float, compute: float,
+    def _record(self, s: LinkSender, g: int, k: int, t0: float, end: float, compute: float,
                 transmit: float, retx: float, prop: float, broker: float, central: float,
                 lost: bool, wire: int) -> None:
         queue = (end - t0) - (compute + transmit + retx + prop + broker + central)

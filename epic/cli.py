@@ -164,6 +164,48 @@ def evaluate_cmd(model, checkpoint, data_dir, out_json, drop_devices, seed, limi
                f"SSIM {result['ssim']:.4f} on {result['samples']} samples -> {out_json}")
 
 
+@cli.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="EPIC checkpoint, e.g. artifacts/epic-flatvel-a.pt.")
+@click.option("--calibration", "calibration_dir", required=True,
+              type=click.Path(path_type=Path), help="Training split (OpenFWI layout).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Receives device-N.tflite, manifest.json and parity.json.")
+@click.option("--test", "test_dir", type=click.Path(path_type=Path), default=None,
+              help="Test split for the end-to-end parity (MAE/RMSE/SSIM).")
+@click.option("--n-calibration", default=64, show_default=True, type=int,
+              help="Calibration gathers, drawn at random with --seed.")
+@click.option("--n-test", type=int, default=None, help="Test gathers (default: all).")
+@click.option("--device", "devices", type=int, multiple=True,
+              help="Export only this device (1-based; repeatable; default: all).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", type=int, default=None, help="torch threads (default: all).")
+@click.option("--float-stem/--int8-input", default=False, show_default=True,
+              help="Keep the first conv block and the input float32 (default: fully int8).")
+def export_cmd(checkpoint, calibration_dir, out_dir, test_dir, n_calibration, n_test, devices,
+               seed, threads, float_stem) -> None:
+    """Export one int8 TFLite encoder per device, with a manifest and a parity report."""
+    from epic.export import export_encoders
+
+    result = export_encoders(checkpoint, calibration_dir, out_dir, n_calibration=n_calibration,
+                             test_dir=test_dir, n_test=n_test, devices=devices or None,
+                             seed=seed, threads=threads, float_stem=float_stem)
+    for path in result.encoder_paths:
+        click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    for name, err in result.parity["latent"].items():
+        click.echo(f"{name}: latent RMSE {err['rmse_rel_std']:.1%} of its std, cosine >= "
+                   f"{err['cosine_min']:.4f} ({err['samples']} {result.parity['data_role']} "
+                   "gathers)")
+    e2e = result.parity.get("end_to_end")
+    if e2e:
+        click.echo(f"int8 encoders + float decoder: MAE {e2e['int8_encoders']['mae']:.4f} vs "
+                   f"{e2e['float']['mae']:.4f} float ({e2e['mae_relative_growth']:+.2%}, target "
+                   f"<= {e2e['mae_growth_target']:.0%}), SSIM {e2e['int8_encoders']['ssim']:.4f}"
+                   f" vs {e2e['float']['ssim']:.4f}")
+    click.echo(f"manifest {result.manifest_path}, parity {result.parity_path} "
+               f"({result.wall_s:.0f} s)")
+
+
 @cli.command("simulate")
 @click.option("--topology", "topology_path", default="topology.yaml", show_default=True,
               type=click.Path(path_type=Path))

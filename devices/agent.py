@@ -1,0 +1,236 @@
+"""The device agent: sensor stream -> int8 encoder (or raw chunks) -> frames over MQTT.
+
+``python -m devices.agent --device-id N --topology topology.yaml --rundir RUNDIR
+--encoders artifacts/encoders/epic-flatvel-a/manifest.json --data DIR --mode epic`` (every
+option also reads an ``EPIC_*`` environment variable, for containers).
+
+The agent replays gathers of an OpenFWI-layout directory as the field stream of its own
+receivers (:func:`epic.data.stream.replay_gather`, 100 ms windows at 1 kHz, paced in real
+time or as fast as possible), waits for each complete shot-gather, and then:
+
+* ``epic`` mode: encodes it with its int8 LiteRT encoder and publishes one LATENT frame
+  (int8 ``(14, token_dim)`` with the model's scale and zero point, and the capture, encode-end
+  and publish times in ns) on ``epic/<testbed>/device-<n>/latent``;
+* ``raw`` mode: publishes its float32 ``(5, 1000, 14)`` traces as RAW_CHUNK frames.
+
+A gather with NaN/Inf samples is rejected, counted and logged, never published. The agent
+records encode time and peak memory in ``RUNDIR/agent-device-<n>.json``. It imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from epic import wire
+from epic.broker import load_runtime
+from epic.data.openfwi import OpenFWIDataset
+from epic.data.stream import GatherAssembler, replay_gather
+from epic.errors import InputError
+from epic.mqtt import MqttSettings, SessionClient
+from epic.topology import load_topology
+
+__all__ = ["AgentStats", "DeviceAgent", "main"]
+
+log = logging.getLogger("devices.agent")
+
+
+@dataclass
+class AgentStats:
+    """Counters written to ``RUNDIR/agent-device-<n>.json`` (times in seconds)."""
+
+    device: str
+    mode: str
+    gathers_published: int = 0
+    frames_published: int = 0
+    bytes_published: int = 0
+    gathers_rejected: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    encode_s: list[float] = field(default_factory=list)
+    peak_rss_bytes: int = 0
+    backend: str = ""
+
+    def summary(self) -> dict:
+        data = asdict(self)
+        enc = np.asarray(self.encode_s)
+        data["encode_s"] = ({"p50": float(np.percentile(enc, 50)),
+                             "p99": float(np.percentile(enc, 99)), "n": int(enc.size)}
+                            if enc.size else {"n": 0})
+        return data
+
+
+class DeviceAgent:
+    """One device: its receivers, its encoder (epic mode) and its MQTT session."""
+
+    def __init__(self, device_number: int, topology_path: Path, rundir: Path, mode: str,
+                 encoders: Path | None = None, broker_host: str | None = None,
+                 broker_port: int | None = None, threads: int = 1) -> None:
+        topology = load_topology(topology_path)
+        spec = next((d for d in topology.devices if d.number == device_number), None)
+        if spec is None:
+            ids = ", ".join(d.id for d in topology.devices)
+            raise InputError(f"--device-id {device_number}: not in {topology_path} ({ids})")
+        if mode not in ("epic", "raw"):
+            raise InputError(f"--mode must be epic or raw, got {mode!r}")
+        self.spec, self.testbed, self.mode = spec, topology.testbed, mode
+        self.stats = AgentStats(device=spec.id, mode=mode)
+        self.runtime = None
+        if mode == "epic":
+            if encoders is None:
+                raise InputError("--encoders (an epic export manifest) is required in epic mode")
+            from devices.runtime import EncoderRuntime
+
+            self.runtime = EncoderRuntime.from_manifest(encoders, device_number, threads)
+            self.stats.backend = self.runtime.backend
+        broker = load_runtime(rundir)
+        self.rundir = rundir
+        settings = MqttSettings(host=broker_host or broker.host, port=broker_port or broker.port,
+                                client_id=f"{self.testbed}-{spec.id}", username=spec.id,
+                                password=broker.password(spec.id), ca_file=broker.ca_file)
+        status = wire.topic_for(self.testbed, device_number, wire.Channel.STATUS)
+        self.client = SessionClient(settings, status_topic=status)
+        self.status_topic = status
+
+    def start(self) -> None:
+        self.client.connect()
+        self.client.publish(self.status_topic, wire.STATUS_ONLINE, retain=True)
+
+    def _reject(self, reason: str, gather_id: int, detail: str) -> None:
+        self.stats.gathers_rejected += 1
+        self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + 1
+        log.warning("gather %d rejected (%s): %s", gather_id, reason, detail)
+
+    def publish_gather(self, gather_id: int, gather: np.ndarray, capture_ns: int) -> None:
+        """Encode (or chunk) one complete ``(5, 1000, n_rx)`` gather and publish it."""
+        n = self.spec.number
+        if not np.isfinite(gather).all():
+            self._reject("non_finite", gather_id, "NaN or Inf in the stream")
+            return
+        if self.mode == "epic":
+            started = time.perf_counter()
+            latent = self.runtime.encode(gather)
+            self.stats.encode_s.append(time.perf_counter() - started)
+            frames = [wire.Frame(kind=wire.Kind.LATENT, device_id=n, gather_id=gather_id,
+                                 dtype=wire.Dtype.INT8, shape=tuple(latent.values.shape),
+                                 payload=latent.values.tobytes(), scale=latent.scale,
+                                 zero_point=latent.zero_point, capture_ns=capture_ns,
+                                 encode_end_ns=(now := time.time_ns()), publish_ns=now)]
+            channel = wire.Channel.LATENT
+        else:
+            now = time.time_ns()
+            frames = wire.split_array(wire.Kind.RAW_CHUNK, n, gather_id, gather,
+                                      capture_ns=capture_ns, encode_end_ns=now, publish_ns=now)
+            channel = wire.Channel.RAW
+        topic = wire.topic_for(self.testbed, n, channel)
+        for frame in frames:
+            data = dataclasses.replace(frame, publish_ns=time.time_ns()).encode()
+            self.client.publish(topic, data)
+            self.stats.frames_published += 1
+            self.stats.bytes_published += len(data)
+        self.stats.gathers_published += 1
+
+    def replay(self, data_dir: Path, gathers: int | None, start: int = 0,
+               realtime: bool = False) -> None:
+        """Stream gathers ``start .. start + gathers`` of ``data_dir`` through the encoder."""
+        ds = OpenFWIDataset(data_dir, require_models=False)
+        stop = len(ds) if gathers is None else min(len(ds), start + gathers)
+        if start >= stop:
+            raise InputError(f"--start {start}: {data_dir} holds {len(ds)} gathers")
+        lo, hi = self.spec.receivers
+        assembler = GatherAssembler(5, 1000, (lo, hi))
+        wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        for gather_id in range(start, stop):
+            full, _ = ds[gather_id]
+            for window in replay_gather(full, gather_id, [(self.spec.number, (lo, hi))],
+                                        realtime=realtime):
+                done = assembler.add(window)
+                if done is not None:
+                    # paced: the last sample's capture time; as fast as possible the stream's
+                    # clock runs ahead of the wall clock, so the gather is "captured" now
+                    capture_ns = (window.capture_time_ns + wall_offset_ns if realtime
+                                  else time.time_ns())
+                    self.publish_gather(gather_id, done, capture_ns)
+            self._write_stats()
+
+    def _write_stats(self) -> None:
+        self.stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        path = self.rundir / f"agent-{self.spec.id}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.stats.summary(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def wait_acked(self, timeout_s: float) -> bool:
+        """Wait until the broker acknowledged every publish (QoS 1)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.client.acked >= self.stats.frames_published + 1:  # + the birth message
+                return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self._write_stats()
+        self.client.close()
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"EPIC_{name}", default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m devices.agent",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--device-id", type=int, default=_env("DEVICE_ID"),
+                   required=not _env("DEVICE_ID"))
+    p.add_argument("--topology", type=Path, default=_env("TOPOLOGY", "topology.yaml"))
+    p.add_argument("--rundir", type=Path, default=_env("RUNDIR"), required=not _env("RUNDIR"))
+    p.add_argument("--mode", default=_env("MODE", "epic"), choices=("epic", "raw"))
+    p.add_argument("--encoders", type=Path, default=_env("ENCODERS"))
+    p.add_argument("--data", type=Path, default=_env("DATA"), required=not _env("DATA"))
+    p.add_argument("--gathers", type=int, default=_env("GATHERS"))
+    p.add_argument("--start", type=int, default=int(_env("START", "0")))
+    p.add_argument("--rate", choices=("realtime", "max"), default=_env("RATE", "max"))
+    p.add_argument("--broker-host", default=_env("BROKER_HOST"))
+    p.add_argument("--broker-port", type=int, default=_env("BROKER_PORT"))
+    p.add_argument("--threads", type=int, default=int(_env("THREADS", "1")))
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        agent = DeviceAgent(int(args.device_id), args.topology, args.rundir, args.mode,
+                            args.encoders, args.broker_host, args.broker_port, args.threads)
+        agent.start()
+        try:
+            agent.replay(args.data, None if args.gathers is None else int(args.gathers),
+                         args.start, realtime=args.rate == "realtime")
+            if not agent.wait_acked(30.0):
+                log.error("not every frame was acknowledged within 30 s")
+                return 1
+        finally:
+            agent.close()
+    except InputError as exc:  # bad configuration or data: one line, no traceback
+        log.error("%s", exc)
+        return 2
+    log.info("done: %s", json.dumps(agent.stats.summary()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
