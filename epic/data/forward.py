@@ -142,7 +142,7 @@ def forward_model(
     bar = tqdm(total=len(maps), unit="gather", desc="forward", disable=not progress)
     try:
         for start in range(0, len(maps), batch_size):
-            chunk = torch.from_numpy(maps[start : start + batch_size])
+            chunk = torch.from_numpy(maps[start : start + batch_size].copy())
             n = len(chunk) * acq.n_shots
             src = torch.zeros(n, 1, 2, dtype=torch.long)
             src[:, 0, 0] = acq.source_z_idx
