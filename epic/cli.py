@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from epic.cli_testbed import replay_cmd, report_cmd, testbed
 from epic.errors import InputError
 
 __all__ = ["cli", "main"]
@@ -246,6 +247,11 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
         done = sweep(topology, key, values, out_dir, shots=min(shots, 20), seed=seed,
                      frame_sizes=sizes)
         click.echo(f"sweep {key}: {done.csv_path} {done.png_path}")
+
+
+cli.add_command(testbed)
+cli.add_command(replay_cmd)
+cli.add_command(report_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

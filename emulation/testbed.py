@@ -1,0 +1,394 @@
+"""Process-mode testbed: start, watch and stop the long-running roles of a topology.
+
+``up(topology, rundir)`` prepares the broker runtime (credentials, ACL, conf) on a free port and
+starts, each as its own process in its own session, logging to ``RUNDIR/logs/<role>.log``:
+
+- ``broker``: our Mosquitto (``mosquitto -c RUNDIR/mosquitto.conf``);
+- ``proxies``: ONE ``python -m emulation.proxy`` for every device (a shared medium must live in
+  one event loop); device k (0-based, topology order) listens on ``proxy_base_port + k``;
+- ``central``: ``python -m central.service`` with the shipped checkpoint.
+
+The roles read RUNDIR/topology.yaml, a copy of the given file: the proxies hot-reload it, and
+:mod:`emulation.faults` edits it (never the user's file).
+
+It waits for health (the broker accepts TCP, central-status.json says ``connected``, every
+proxy-<device>.json exists) and writes ``RUNDIR/testbed.json``: the PIDs (with their kernel
+start times, so a recycled PID is never signalled), ports and paths. A results.jsonl left by
+an earlier testbed in RUNDIR is renamed ``results-<unix s>.jsonl`` (the new central starts
+empty).
+
+Device agents are NOT kept running: an agent replays a given set of gathers and exits
+(:mod:`emulation.replay` starts them per run, through their proxies). The ACL lets a device
+read nothing, so a resident agent could not be commanded over MQTT anyway.
+
+``down(rundir)`` sends SIGTERM to each recorded process group, SIGKILL after ``timeout_s``,
+and is always safe to run (no testbed.json, or dead PIDs, is not an error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from epic.broker import free_port, prepare_runtime
+from epic.errors import InputError
+from epic.topology import load_topology
+
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "ROLES",
+    "TESTBED_FILE",
+    "RoleProcess",
+    "TestbedInfo",
+    "down",
+    "is_alive",
+    "load_info",
+    "prepare_compose_runtime",
+    "spawn_role",
+    "status",
+    "up",
+    "write_info",
+]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO / "artifacts" / "epic-flatvel-a.pt"
+TESTBED_FILE = "testbed.json"
+ROLES: tuple[str, ...] = ("broker", "proxies", "central")
+
+
+@dataclass(frozen=True)
+class RoleProcess:
+    """One started process: its role, PID, kernel start time (clock ticks) and log file."""
+
+    role: str
+    pid: int
+    start_ticks: int
+    log: str
+
+
+@dataclass(frozen=True)
+class TestbedInfo:
+    """What ``up`` started (the content of RUNDIR/testbed.json).
+
+    Attributes:
+        rundir, topology: absolute paths. testbed: its name.
+        broker_host, broker_port: the real broker. proxy_base_port: device k's proxy is on
+            ``proxy_base_port + k``. devices: device ids in topology order.
+        checkpoint, raw_checkpoint, truth: what central was started with (None: absent).
+        processes: the started roles. started_unix_s: when ``up`` finished.
+    """
+
+    rundir: str
+    topology: str
+    testbed: str
+    broker_host: str
+    broker_port: int
+    proxy_base_port: int
+    devices: tuple[str, ...]
+    checkpoint: str
+    raw_checkpoint: str | None
+    truth: str | None
+    processes: tuple[RoleProcess, ...]
+    started_unix_s: float
+
+    def proxy_port(self, device_id: str) -> int:
+        """The listening port of ``device_id``'s link proxy."""
+        return self.proxy_base_port + self.devices.index(device_id)
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), None if no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":  # a zombie has exited; reap it if it is our child
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return None
+    return int(fields[19])
+
+
+def is_alive(proc: RoleProcess) -> bool:
+    """Whether ``proc`` is still the same running process (not exited, PID not recycled)."""
+    return _start_ticks(proc.pid) == proc.start_ticks
+
+
+def load_info(rundir: Path) -> TestbedInfo | None:
+    """RUNDIR/testbed.json, or None if there is none; InputError if it is unreadable."""
+    path = Path(rundir) / TESTBED_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        data["processes"] = tuple(RoleProcess(**p) for p in data["processes"])
+        data["devices"] = tuple(data["devices"])
+        return TestbedInfo(**data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_block(host: str, count: int, attempts: int = 50) -> int:
+    """A base port P with P .. P+count-1 free a moment ago."""
+    for _ in range(attempts):
+        base = free_port(host)
+        if base + count <= 65535 and all(_port_free(host, base + k) for k in range(count)):
+            return base
+    raise InputError(f"found no {count} consecutive free ports on {host}")
+
+
+def spawn_role(role: str, args: list[str], logs: Path) -> tuple[subprocess.Popen, RoleProcess]:
+    """Start ``args`` in its own session, appending to ``logs/<role>.log``."""
+    log_path = logs / f"{role}.log"
+    with open(log_path, "ab") as handle:
+        proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+    ticks = None
+    for _ in range(100):  # /proc appears at once, but be safe on a loaded machine
+        ticks = _start_ticks(proc.pid)
+        if ticks is not None or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    log.info("%s: pid %d, log %s", role, proc.pid, log_path)
+    return proc, RoleProcess(role, proc.pid, ticks or -1, str(log_path))
+
+
+def _tail(path: str, lines: int = 8) -> str:
+    try:
+        return " | ".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def up(topology_path: Path, rundir: Path, *, checkpoint: Path = DEFAULT_CHECKPOINT,
+       raw_checkpoint: Path | None = None, truth: Path | None = None,
+       broker_port: int | None = None, host: str = "127.0.0.1",
+       mosquitto_bin: str = "mosquitto", timeout_s: float = 90.0) -> TestbedInfo:
+    """Start broker, link proxies and central for ``topology_path``; wait for health.
+
+    Args:
+        topology_path: the topology file (the proxies hot-reload it).
+        rundir: run directory (created); logs go to rundir/logs.
+        checkpoint: central's latent model. raw_checkpoint: InversionNet for raw mode, or
+            None (raw gathers are then assembled and timed but get no map).
+        truth: OpenFWI-layout dir with the true maps (central computes MAE/SSIM), or None.
+        broker_port: a fixed port (refused if taken), or None for a free one.
+        mosquitto_bin: the broker binary (looked up on PATH and in /usr/sbin).
+        timeout_s: health wait, seconds.
+
+    Raises InputError (nothing left running) if a testbed already runs in ``rundir``, the port
+    is taken, mosquitto or an input file is missing, or a role fails to become healthy.
+    """
+    topology_path, rundir = Path(topology_path).resolve(), Path(rundir).resolve()
+    topology = load_topology(topology_path)
+    for name, path in (("checkpoint", checkpoint), ("raw checkpoint", raw_checkpoint),
+                       ("truth", truth)):
+        if path is not None and not Path(path).exists():
+            raise InputError(f"{name} {path} does not exist")
+    old = load_info(rundir) if rundir.exists() else None
+    if old is not None and any(is_alive(p) for p in old.processes):
+        live = [f"{p.role} pid {p.pid}" for p in old.processes if is_alive(p)]
+        raise InputError(f"a testbed is already running in {rundir} ({', '.join(live)}); "
+                         f"run `epic testbed down --dir {rundir}` first")
+    mosquitto = shutil.which(mosquitto_bin) or (
+        f"/usr/sbin/{mosquitto_bin}" if Path(f"/usr/sbin/{mosquitto_bin}").exists() else None)
+    if mosquitto is None:
+        raise InputError(f"{mosquitto_bin} not found on PATH or in /usr/sbin "
+                         f"(apt install mosquitto)")
+    if broker_port is not None and not _port_free(host, broker_port):
+        raise InputError(f"broker port {host}:{broker_port} is already in use")
+    port = broker_port or free_port(host)
+    devices = tuple(d.id for d in topology.devices)
+    runtime = prepare_runtime(rundir, testbed=topology.testbed, host=host, port=port,
+                              device_ids=[d.number for d in topology.devices])
+    logs = rundir / "logs"
+    logs.mkdir(exist_ok=True)
+    for stale in [rundir / "central-status.json", *rundir.glob("proxy-*.json")]:
+        stale.unlink(missing_ok=True)
+    if (rundir / "results.jsonl").is_file():  # a new central: keep the old results aside
+        os.replace(rundir / "results.jsonl", rundir / f"results-{int(time.time())}.jsonl")
+    if topology_path != rundir / "topology.yaml":  # the roles watch a copy: faults edit it
+        shutil.copyfile(topology_path, rundir / "topology.yaml")
+        topology_path = rundir / "topology.yaml"
+    proxy_base = _free_block(host, len(devices))
+    py = sys.executable
+    central_args = [py, "-m", "central.service", "--topology", str(topology_path),
+                    "--rundir", str(rundir), "--checkpoint", str(Path(checkpoint).resolve())]
+    if raw_checkpoint is not None:
+        central_args += ["--raw-checkpoint", str(Path(raw_checkpoint).resolve())]
+    if truth is not None:
+        central_args += ["--truth", str(Path(truth).resolve())]
+    commands = {
+        "broker": [mosquitto, "-c", str(runtime.conf_path)],
+        "proxies": [py, "-m", "emulation.proxy", "--topology", str(topology_path), "--rundir",
+                    str(rundir), "--broker-host", host, "--broker-port", str(port),
+                    "--listen-host", host, "--listen-port", str(proxy_base)],
+        "central": central_args,
+    }
+    started: list[tuple[subprocess.Popen, RoleProcess]] = []
+    info = TestbedInfo(str(rundir), str(topology_path), topology.testbed, host, port,
+                       proxy_base, devices, str(Path(checkpoint).resolve()),
+                       str(Path(raw_checkpoint).resolve()) if raw_checkpoint else None,
+                       str(Path(truth).resolve()) if truth else None, (), time.time())
+    try:
+        for role in ROLES:
+            started.append(spawn_role(role, commands[role], logs))
+            info = TestbedInfo(**{**asdict(info), "devices": devices,
+                                  "processes": tuple(p for _, p in started)})
+            write_info(info)  # written at once, so `down` can stop a half-started testbed
+            if role == "broker":
+                _wait(lambda: _accepts(host, port), started, timeout_s, "broker accepting")
+        _wait(lambda: _healthy(rundir, devices), started, timeout_s,
+              "central connected and proxy status files")
+    except BaseException:
+        down(rundir)
+        raise
+    info = TestbedInfo(**{**asdict(info), "devices": devices, "started_unix_s": time.time(),
+                          "processes": tuple(p for _, p in started)})
+    write_info(info)
+    log.info("testbed %s up in %s: broker :%d, proxies :%d..", info.testbed, rundir, port,
+             proxy_base)
+    return info
+
+
+def write_info(info: TestbedInfo) -> None:
+    """Replace RUNDIR/testbed.json atomically."""
+    path = Path(info.rundir) / TESTBED_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _healthy(rundir: Path, devices: tuple[str, ...]) -> bool:
+    central = _read_json(rundir / "central-status.json")
+    return bool(central and central.get("connected")) and all(
+        (rundir / f"proxy-{d}.json").is_file() for d in devices)
+
+
+def _wait(ready, started: list[tuple[subprocess.Popen, RoleProcess]], timeout_s: float,
+          what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        for proc, role in started:
+            if proc.poll() is not None:
+                raise InputError(f"{role.role} exited with {proc.returncode} while waiting "
+                                 f"for {what}: {_tail(role.log)}")
+        if time.monotonic() > deadline:
+            raise InputError(f"testbed not healthy after {timeout_s:.0f} s (waiting for "
+                             f"{what}); see the logs in {Path(started[0][1].log).parent}")
+        time.sleep(0.2)
+
+
+def down(rundir: Path, timeout_s: float = 15.0) -> list[RoleProcess]:
+    """Stop every process recorded in RUNDIR/testbed.json (SIGTERM, then SIGKILL).
+
+    Central is stopped first (it drains and flushes), then the proxies, then the broker.
+    Returns the processes that were running. Always safe: a missing file or dead PIDs are fine.
+    """
+    info = load_info(Path(rundir)) if Path(rundir).exists() else None
+    if info is None:
+        return []
+    running = [p for p in reversed(info.processes) if is_alive(p)]
+    for proc in running:
+        _signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while is_alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if is_alive(proc):
+            log.warning("%s pid %d ignored SIGTERM for %.0f s; killing", proc.role, proc.pid,
+                        timeout_s)
+            _signal(proc, signal.SIGKILL)
+            while is_alive(proc):
+                time.sleep(0.02)
+        log.info("%s pid %d stopped", proc.role, proc.pid)
+    return running
+
+
+def _signal(proc: RoleProcess, sig: int) -> None:
+    """Signal the role's process group (it leads its own session), else the process alone."""
+    if not is_alive(proc):
+        return
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def status(rundir: Path) -> dict:
+    """Roles (alive?), links, frames accepted/rejected and energy so far, from the status files.
+
+    Raises InputError if RUNDIR has no testbed.json.
+    """
+    rundir = Path(rundir)
+    info = load_info(rundir)
+    if info is None:
+        raise InputError(f"no testbed in {rundir} ({TESTBED_FILE} missing)")
+    central = _read_json(rundir / "central-status.json") or {}
+    links = {}
+    for device in info.devices:
+        proxy = _read_json(rundir / f"proxy-{device}.json") or {}
+        links[device] = {"port": info.proxy_port(device), "link": proxy.get("link"),
+                         "state": proxy.get("state"), "publishes": proxy.get("publishes"),
+                         "up_wire_bytes": proxy.get("up_wire_bytes"),
+                         "energy_j": proxy.get("energy_j", {})}
+    return {
+        "testbed": info.testbed, "rundir": info.rundir, "topology": info.topology,
+        "broker": f"{info.broker_host}:{info.broker_port}",
+        "roles": {p.role: {"pid": p.pid, "alive": is_alive(p), "log": p.log}
+                  for p in info.processes},
+        "links": links, "frames": central.get("frames"), "gathers": central.get("gathers"),
+        "central_connected": central.get("connected"),
+    }
+
+
+def prepare_compose_runtime(topology_path: Path, rundir: Path, port: int = 1883) -> Path:
+    """A broker runtime for docker-compose.yml: clients reach the broker as ``broker``.
+
+    The compose file mounts RUNDIR at the same absolute path in every container (the
+    generated conf names absolute paths) and runs them as the host user.
+    """
+    topology = load_topology(topology_path)
+    runtime = prepare_runtime(Path(rundir), testbed=topology.testbed, port=port, host="broker",
+                              bind_address="0.0.0.0",
+                              device_ids=[d.number for d in topology.devices])
+    return runtime.rundir

@@ -1,0 +1,167 @@
+"""``epic testbed up|status|down|fault``, ``epic replay`` and ``epic report``: the live testbed.
+
+Thin wrappers over :mod:`emulation.testbed`, :mod:`emulation.replay`,
+:mod:`emulation.faults` and :mod:`epic.report.testbed_report`; registered on ``epic`` by
+:mod:`epic.cli`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+__all__ = ["replay_cmd", "report_cmd", "testbed"]
+
+
+@click.group()
+def testbed() -> None:
+    """Bring the process-mode testbed up, inspect it, and bring it down."""
+
+
+@testbed.command("up")
+@click.option("--topology", "topology_path", default="topology.yaml", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path), help="Run directory (logs, status, results).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Central's latent model (default: the shipped artifacts/epic-flatvel-a.pt).")
+@click.option("--raw-checkpoint", type=click.Path(path_type=Path), default=None,
+              help="InversionNet for raw mode (without it raw gathers are timed, not decoded).")
+@click.option("--truth", type=click.Path(path_type=Path), default=None,
+              help="OpenFWI-layout dir with the true maps (central computes MAE/SSIM).")
+@click.option("--port", "broker_port", type=int, default=None,
+              help="Broker port (default: a free one).")
+@click.option("--timeout-s", default=90.0, show_default=True, type=float)
+def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_port,
+               timeout_s) -> None:
+    """Start broker, link proxies and central; wait until they are healthy."""
+    from emulation.testbed import DEFAULT_CHECKPOINT, up
+
+    info = up(topology_path, rundir, checkpoint=checkpoint or DEFAULT_CHECKPOINT,
+              raw_checkpoint=raw_checkpoint, truth=truth, broker_port=broker_port,
+              timeout_s=timeout_s)
+    roles = ", ".join(f"{p.role} {p.pid}" for p in info.processes)
+    click.echo(f"testbed {info.testbed} up in {info.rundir}: broker {info.broker_host}:"
+               f"{info.broker_port}, proxies {info.proxy_base_port}.."
+               f"{info.proxy_base_port + len(info.devices) - 1} ({roles})")
+
+
+@testbed.command("status")
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def testbed_status(rundir, as_json) -> None:
+    """Roles (alive?), links, frames accepted/rejected and energy so far."""
+    from emulation.testbed import status
+
+    state = status(rundir)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    click.echo(f"testbed {state['testbed']} in {state['rundir']}, broker {state['broker']}")
+    for role, r in state["roles"].items():
+        click.echo(f"  {role:8s} pid {r['pid']:>7d}  {'alive' if r['alive'] else 'DEAD'}")
+    frames = state["frames"] or {}
+    click.echo(f"  frames accepted {frames.get('accepted', 0)}, rejected "
+               f"{sum((frames.get('rejected') or {}).values())} {frames.get('rejected') or ''}"
+               f", gathers {(state['gathers'] or {}).get('decoded')}")
+    for device, link in state["links"].items():
+        energy = link["energy_j"] or {}
+        click.echo(f"  {device}: link {link['link']} port {link['port']}, publishes "
+                   f"{link['publishes']}, comm {energy.get('comm', 0.0):.4f} J, radio "
+                   f"{energy.get('radio', 0.0):.3f} J")
+
+
+@testbed.command("down")
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--timeout-s", default=15.0, show_default=True, type=float,
+              help="SIGTERM grace per role before SIGKILL.")
+def testbed_down(rundir, timeout_s) -> None:
+    """Stop everything `up` started (by PID). Always safe to run."""
+    from emulation.testbed import down
+
+    stopped = down(rundir, timeout_s=timeout_s)
+    click.echo(f"stopped {', '.join(f'{p.role} {p.pid}' for p in stopped)}" if stopped
+               else f"nothing running in {rundir}")
+
+
+@testbed.group("fault")
+def testbed_fault() -> None:
+    """Inject a fault into the running testbed."""
+
+
+@testbed_fault.command("restart-broker")
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--hard", is_flag=True, help="SIGKILL (no database save) instead of SIGTERM.")
+def fault_restart_broker(rundir, hard) -> None:
+    """Stop the broker and start it again on the same port and persistence."""
+    from emulation.faults import restart_broker
+
+    click.echo(f"broker restarted ({'hard' if hard else 'soft'}): pid "
+               f"{restart_broker(rundir, hard=hard)}")
+
+
+@testbed_fault.command("degrade-link")
+@click.argument("device_id")
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--loss", type=float, default=None, help="Loss probability per packet, 0..1.")
+@click.option("--bandwidth-bps", type=float, default=None, help="Bit rate, bit/s.")
+@click.option("--delay-s", type=float, default=None, help="One-way delay, seconds.")
+def fault_degrade_link(device_id, rundir, loss, bandwidth_bps, delay_s) -> None:
+    """Give DEVICE_ID (e.g. device-2) a degraded link; the proxies pick it up live."""
+    from emulation.faults import degrade_link
+
+    path = degrade_link(rundir, device_id, loss=loss, bandwidth_bps=bandwidth_bps,
+                        delay_s=delay_s)
+    click.echo(f"{device_id}: link degraded in {path}")
+
+
+@click.command("replay")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="OpenFWI-layout directory (real or synthesised).")
+@click.option("--shots", required=True, type=int, help="Shot-gathers to replay per mode.")
+@click.option("--start", default=0, show_default=True, type=int, help="First gather index.")
+@click.option("--mode", type=click.Choice(["epic", "raw", "both"]), default="both",
+              show_default=True)
+@click.option("--rate", type=click.Choice(["realtime", "max"]), default="max",
+              show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--timeout-s", default=300.0, show_default=True, type=float,
+              help="Per mode: agents plus decoding.")
+def replay_cmd(data_dir, shots, start, mode, rate, json_out, rundir, timeout_s) -> None:
+    """Replay gathers through the device agents over the running testbed; measure."""
+    from emulation.replay import replay
+
+    result = replay(rundir, data_dir, shots, mode, rate, json_out, start=start,
+                    timeout_s=timeout_s)
+    for name, s in result["modes"].items():
+        lat = s["capture_to_decode_s"]
+        click.echo(f"{name:5s} {s['gathers']} gathers  capture->decode p50 "
+                   f"{lat['p50'] * 1e3:8.1f} ms  p95 {lat['p95'] * 1e3:8.1f} ms  p99 "
+                   f"{lat['p99'] * 1e3:8.1f} ms  {s['bytes_per_gather']:,.0f} B/gather  comm "
+                   f"{s['comm_j']:.4f} J")
+    r = result["ratios"]
+    if r:
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.1f}x"
+
+        click.echo(f"raw/EPIC: latency p50 {fmt(r['latency_p50'])}, communication energy "
+                   f"{fmt(r['energy_comm'])}, bytes {fmt(r['bytes'])} "
+                   f"(published: 8.9x and 33.8x)")
+
+
+@click.command("report")
+@click.argument("rundir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+def report_cmd(rundir, out_dir) -> None:
+    """Write report.md and PNGs for RUNDIR's last replay."""
+    from epic.report.testbed_report import write_report
+
+    click.echo(f"wrote {write_report(rundir, out_dir)}")

@@ -1,0 +1,187 @@
+"""The testbed report: Markdown and PNGs from a run directory.
+
+``write_report(rundir, out_dir)`` reads RUNDIR/replay.json (written by ``epic replay``),
+RUNDIR/results.jsonl and RUNDIR/maps/, and writes to ``out_dir``:
+
+- ``report.md``: a table per mode (latency p50/p95/p99 and its breakdown, bytes per gather,
+  energy per device, MAE/SSIM), the ratios raw over EPIC beside the published 8.9x (latency)
+  and 33.8x (energy), and the SimPy model's prediction beside the live numbers;
+- ``maps.png`` (truth, EPIC, centralized, where available), ``latency.png`` (breakdown bars),
+  ``energy.png`` (communication energy per device).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from epic.errors import InputError
+
+__all__ = ["PUBLISHED_ENERGY_RATIO", "PUBLISHED_LATENCY_RATIO", "write_report"]
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_LATENCY_RATIO = 8.9
+PUBLISHED_ENERGY_RATIO = 33.8
+_STAGES = ("encode", "link_broker", "assembly", "decode")
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1e3:.1f}"
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}x"
+
+
+def _mode_table(s: dict) -> list[str]:
+    lines = [f"### {s['mode']} ({s['gathers']} gathers, {s['partial']} partial, "
+             f"{s['maps']} maps)", "",
+             "| latency (ms) | p50 | p95 | p99 |", "|---|---:|---:|---:|"]
+    rows = [("capture -> decode end", s["capture_to_decode_s"]),
+            ("publish -> decode end", s["publish_to_decode_s"]),
+            *((f"  {k}", s["stages_s"][k]) for k in _STAGES)]
+    for name, p in rows:
+        lines.append(f"| {name} | {_ms(p['p50'])} | {_ms(p['p95'])} | {_ms(p['p99'])} |")
+    lines += ["", f"Bytes per gather: {s['bytes_per_gather']:,.0f} (frames), "
+                  f"{s['link_bytes_per_gather']:,.0f} (on the emulated links, with headers and "
+                  f"resends).", "", "| device | comm J | tx J | rx J | link bytes |",
+              "|---|---:|---:|---:|---:|"]
+    for device, e in s["energy_j"].items():
+        lines.append(f"| {device} | {e['comm']:.4f} | {e['tx']:.4f} | {e['rx']:.4f} | "
+                     f"{e['up_wire_bytes']:,} |")
+    fid = s.get("fidelity")
+    lines += ["", ("Fidelity: " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in fid.items())
+                   if fid else "Fidelity: n/a (no map or no --truth)"), ""]
+    return lines
+
+
+def _plot_latency(modes: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    bottom = np.zeros(len(modes))
+    for stage in _STAGES:
+        values = np.array([(m["stages_s"][stage]["mean"] or 0.0) * 1e3 for m in modes.values()])
+        ax.bar(list(modes), values, bottom=bottom, label=stage)
+        bottom += values
+    ax.set_ylabel("mean latency per device gather (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_energy(modes: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    devices = list(next(iter(modes.values()))["energy_j"])
+    width = 0.8 / len(modes)
+    for k, (name, m) in enumerate(modes.items()):
+        ax.bar(np.arange(len(devices)) + k * width, [m["energy_j"][d]["comm"] for d in devices],
+               width, label=name)
+    ax.set_xticks(np.arange(len(devices)) + width * (len(modes) - 1) / 2, devices)
+    ax.set_yscale("log")
+    ax.set_ylabel("communication energy (J)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_maps(rundir: Path, replay: dict, path: Path) -> bool:
+    """Truth / EPIC / centralized maps of the first replayed gather; False if none exist."""
+    import matplotlib.pyplot as plt
+
+    gather = replay["start"]
+    panels: list[tuple[str, np.ndarray]] = []
+    if replay.get("truth"):
+        from epic.data.openfwi import OpenFWIDataset
+
+        truth = OpenFWIDataset(replay["truth"])[gather][1]
+        if truth is not None:
+            panels.append(("truth", np.asarray(truth).reshape(70, 70)))
+    for name, mode in (("EPIC", "latent"), ("centralized", "raw")):
+        npy = rundir / "maps" / f"{mode}-{gather}.npy"
+        if npy.is_file():
+            panels.append((name, np.load(npy)))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.3), squeeze=False)
+    for ax, (name, v) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(v, cmap="viridis", vmin=1500, vmax=4500)
+        ax.set_title(f"{name}, gather {gather}")
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[0].tolist(), label="m/s", shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(rundir: Path, out_dir: Path) -> Path:
+    """Write report.md and its PNGs for RUNDIR's last replay; return the report's path.
+
+    Raises InputError if RUNDIR has no replay.json.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rundir, out_dir = Path(rundir), Path(out_dir)
+    source = rundir / "replay.json"
+    try:
+        replay = json.loads(source.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {source} (run `epic replay` first): {exc}") from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    modes = replay["modes"]
+    lines = [f"# EPIC testbed report: {replay['testbed']}", "",
+             f"Topology `{replay['topology']}`, data `{replay['data']}`, gathers "
+             f"{replay['start']}..{replay['start'] + replay['shots'] - 1}, rate "
+             f"{replay['rate']}. Latency is per device and gather (wall clock, one machine).",
+             ""]
+    if "raw" in modes and not replay.get("raw_decoded"):
+        lines += ["Raw mode ran without an InversionNet checkpoint: its gathers were assembled "
+                  "and timed (latency, bytes, energy) but not decoded, so its decode time is "
+                  "~0 and it has no map or fidelity.", ""]
+    for summary in modes.values():
+        lines += _mode_table(summary)
+    ratios, pred = replay.get("ratios"), replay.get("prediction") or {}
+    if ratios:
+        pr = pred.get("ratios") or {}
+        lines += ["## Raw over EPIC", "", "| ratio | live | SimPy model | published |",
+                  "|---|---:|---:|---:|",
+                  f"| latency p50 (capture -> decode) | {_x(ratios['latency_p50'])} | "
+                  f"{_x(pr.get('latency_p50'))} | {PUBLISHED_LATENCY_RATIO}x |",
+                  f"| latency p95 | {_x(ratios['latency_p95'])} | | |",
+                  f"| link + broker latency p50 | {_x(ratios['link_latency_p50'])} | | |",
+                  f"| communication energy | {_x(ratios['energy_comm'])} | "
+                  f"{_x(pr.get('energy_comm'))} | {PUBLISHED_ENERGY_RATIO}x |",
+                  f"| bytes | {_x(ratios['bytes'])} | {_x(pr.get('bytes'))} | |", ""]
+    if pred.get("modes"):
+        lines += ["## Live against the SimPy model", "",
+                  f"Model: same topology and gather count, a gather every "
+                  f"{pred['interval_s'] * 1e3:.1f} ms. The model's latency ends when central "
+                  f"has the device's last frame, so it compares with encode + link_broker.", "",
+                  "| mode | live encode+link p50 (ms) | model p50 (ms) | live comm J | "
+                  "model comm J |", "|---|---:|---:|---:|---:|"]
+        for name, m in pred["modes"].items():
+            live = modes[name]["stages_s"]
+            link = [live[k]["p50"] for k in ("encode", "link_broker")]
+            lines.append(f"| {name} | {_ms(sum(link) if None not in link else None)} | "
+                         f"{_ms(m['gather_latency_s']['p50'])} | {modes[name]['comm_j']:.4f} |"
+                         f" {m['comm_j']:.4f} |")
+        lines.append("")
+    _plot_latency(modes, out_dir / "latency.png")
+    _plot_energy(modes, out_dir / "energy.png")
+    lines += ["## Figures", "", "![latency breakdown](latency.png)", "",
+              "![energy per device](energy.png)", ""]
+    if _plot_maps(rundir, replay, out_dir / "maps.png"):
+        lines += ["![velocity maps](maps.png)", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines))
+    log.info("report in %s", report)
+    return report

@@ -1,0 +1,166 @@
+"""The process-mode testbed end to end: up, replay both modes, report, status, down.
+
+Real Mosquitto, real link proxies, real central and real device agents (LiteRT encoders), on
+free ports, over fast dedicated links (50 Mbit/s, 1 ms) so that the run stays short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from emulation import testbed
+from emulation.replay import replay
+from epic.errors import InputError
+from epic.report.testbed_report import write_report
+from tests.conftest import REPO
+from tests.integration.conftest import requires_mosquitto
+
+pytestmark = [pytest.mark.integration, requires_mosquitto]
+
+SHOTS = 2
+
+
+def _fast_topology(tmp_path: Path) -> Path:
+    text = (REPO / "topology.yaml").read_text()
+    start = text.index("links:")
+    end = text.index("devices:")
+    fast = ("links:\n  fast:\n    kind: dedicated\n    bandwidth_bps: 50.0e+6\n"
+            "    delay_s: 0.001\n    mtu_bytes: 1500\n    overhead_bytes: 40\n\n")
+    text = (text[:start] + fast + text[end:]).replace("testbed: epic-5", "testbed: ttest")
+    path = tmp_path / "topology.yaml"
+    path.write_text(text.replace("link: wifi", "link: fast"))
+    return path
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie counts as gone; it is reaped if ours)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    if state == "Z":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return True
+    return False
+
+
+@pytest.fixture
+def rundir(tmp_path: Path):
+    path = tmp_path / "run"
+    yield path
+    testbed.down(path, timeout_s=5)  # whatever the test did, leave nothing running
+
+
+def test_up_replay_report_down(tmp_path, rundir, tiny_dataset):
+    topology = _fast_topology(tmp_path)
+    info = testbed.up(topology, rundir, truth=tiny_dataset, timeout_s=90)
+    pids = [p.pid for p in info.processes]
+    assert [p.role for p in info.processes] == ["broker", "proxies", "central"]
+    assert all(testbed.is_alive(p) for p in info.processes)
+    assert json.loads((rundir / "testbed.json").read_text())["broker_port"] == info.broker_port
+    for role in ("broker", "proxies", "central"):
+        assert (rundir / "logs" / f"{role}.log").is_file()
+
+    with pytest.raises(InputError, match="already running"):  # up twice refuses
+        testbed.up(topology, rundir)
+
+    out = tmp_path / "replay.json"
+    result = replay(rundir, tiny_dataset, SHOTS, "both", "max", out, timeout_s=120)
+    assert json.loads(out.read_text())["shots"] == SHOTS
+    records = [json.loads(line) for line in (rundir / "results.jsonl").read_text().splitlines()]
+    for mode, central_mode in (("epic", "latent"), ("raw", "raw")):
+        summary = result["modes"][mode]
+        assert summary["gathers"] == SHOTS
+        got = sorted(r["gather"] for r in records if r["mode"] == central_mode)
+        assert got == list(range(SHOTS)), mode  # every gather accounted for, once
+        assert all(not r["absent"] for r in records)
+        lat = summary["capture_to_decode_s"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] < 60, (mode, lat)
+        assert set(summary["energy_j"]) == set(info.devices)
+        assert all(e["comm"] > 0 for e in summary["energy_j"].values()), mode
+    epic, raw = result["modes"]["epic"], result["modes"]["raw"]
+    assert epic["maps"] == SHOTS and epic["fidelity"] is not None
+    assert 0 <= epic["fidelity"]["ssim"] <= 1
+    assert raw["bytes_per_gather"] > 100 * epic["bytes_per_gather"]  # raw ~280 KB/device
+    assert result["ratios"]["energy_comm"] > 10
+    assert result["prediction"]["ratios"]["bytes"] > 100
+
+    with pytest.raises(InputError, match="already decoded"):  # central would drop them late
+        replay(rundir, tiny_dataset, SHOTS, "epic", "max")
+
+    report = write_report(rundir, tmp_path / "report")
+    text = report.read_text()
+    assert "8.9x" in text and "33.8x" in text and "SimPy" in text
+    for png in ("latency.png", "energy.png", "maps.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000, png
+
+    state = testbed.status(rundir)
+    assert all(r["alive"] for r in state["roles"].values())
+    assert state["frames"]["accepted"] > 0 and state["frames"]["rejected"] == {}
+    assert state["links"]["device-1"]["energy_j"]["comm"] > 0
+
+    stopped = testbed.down(rundir)
+    assert sorted(p.pid for p in stopped) == sorted(pids)
+    assert all(_gone(pid) for pid in pids)  # no process left behind
+    assert testbed.down(rundir) == []  # down twice is safe
+    assert not any(r["alive"] for r in testbed.status(rundir)["roles"].values())
+
+
+def test_down_without_a_testbed_is_safe(tmp_path):
+    assert testbed.down(tmp_path / "nothing") == []
+
+
+def test_up_refuses_a_taken_port_and_a_missing_mosquitto(tmp_path, rundir):
+    topology = _fast_topology(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InputError, match="already in use"):
+            testbed.up(topology, rundir, broker_port=port)
+    with pytest.raises(InputError, match="not found"):
+        testbed.up(topology, rundir, mosquitto_bin="mosquitto-not-installed")
+    assert not (rundir / "testbed.json").exists()  # nothing was started
+
+
+def test_a_failing_role_is_reported_and_cleaned_up(tmp_path, rundir):
+    bad = tmp_path / "not-a-checkpoint.pt"
+    bad.write_text("no")
+    started = time.monotonic()
+    with pytest.raises(InputError, match="central exited"):
+        testbed.up(_fast_topology(tmp_path), rundir, checkpoint=bad, timeout_s=60)
+    assert time.monotonic() - started < 60
+    info = testbed.load_info(rundir)
+    assert info is not None and not any(testbed.is_alive(p) for p in info.processes)
+
+
+def test_broker_restart_and_a_degraded_link(tmp_path, rundir, tiny_dataset):
+    from emulation.faults import degrade_link, restart_broker
+
+    testbed.up(_fast_topology(tmp_path), rundir, timeout_s=90)
+    old = next(p for p in testbed.load_info(rundir).processes if p.role == "broker")
+    new_pid = restart_broker(rundir, hard=True)
+    assert new_pid != old.pid and _gone(old.pid)
+    assert testbed.status(rundir)["roles"]["broker"]["alive"]
+    degrade_link(rundir, "device-2", bandwidth_bps=100e3)  # 1 KB latent: ~80 ms on the wire
+    assert "fast-device-2" in (rundir / "topology.yaml").read_text()
+    time.sleep(1.5)  # the proxies poll the file every 0.5 s
+    result = replay(rundir, tiny_dataset, SHOTS, "epic", "max", timeout_s=120)
+    assert result["modes"]["epic"]["gathers"] == SHOTS  # nothing lost across the restart
+    records = [json.loads(line) for line in (rundir / "results.jsonl").read_text().splitlines()]
+    link_s = {d: max(r["devices"][d]["receive_ns"] - r["devices"][d]["encode_end_ns"]
+                     for r in records) / 1e9 for d in ("device-1", "device-2")}
+    assert link_s["device-2"] > 0.05, link_s  # 1 KB at 100 kbit/s: >= 80 ms
+    assert link_s["device-2"] > 3 * link_s["device-1"], link_s
+    energy = result["modes"]["epic"]["energy_j"]
+    assert energy["device-2"]["tx"] > 5 * energy["device-1"]["tx"], energy
+    with pytest.raises(InputError, match="not in"):
+        degrade_link(rundir, "device-9", loss=0.1)
