@@ -22,19 +22,27 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --disable-pip-version-check -e '.[dev,export]'
 	@touch $@
 
-# Until the testbed lands, the main job synthesises a small dataset from real FlatVel-A maps
-# (or generated ones when ../shared/openfwi is absent) plus one generated family, and draws them.
+# The main job: synthesise 10 shot-gathers from real FlatVel-A test maps (generated maps when
+# ../shared/openfwi is absent), bring the process-mode testbed up (own Mosquitto, link proxies,
+# central), replay them in EPIC and raw mode over the same links, write the report, bring the
+# testbed down (also on failure), and print the virtual-time prediction for the same topology.
 DEMO_MAPS := $(if $(wildcard $(OPENFWI)/FlatVelA_test.zip),--maps $(OPENFWI)/FlatVelA_test.zip,)
+DEMO_SHOTS ?= 6
+REPORT_DIR ?= reports/demo
 
 demo: setup
-	$(EPIC) data synth --dataset flatvel-a --count 8 --seed 0 --threads 2 --overwrite \
-		$(DEMO_MAPS) --out $(DEMO_DIR)/flatvel-a
-	$(EPIC) data synth --dataset curvefault-b --count 4 --seed 0 --threads 2 --overwrite \
-		--out $(DEMO_DIR)/curvefault-b
-	$(EPIC) data info $(DEMO_DIR)/flatvel-a
-	$(EPIC) data info $(DEMO_DIR)/curvefault-b
-	$(EPIC) data plot $(DEMO_DIR)/flatvel-a --index 0 --out $(DEMO_DIR)/flatvel-a-0.png
-	$(EPIC) data plot $(DEMO_DIR)/curvefault-b --index 0 --out $(DEMO_DIR)/curvefault-b-0.png
+	$(EPIC) data synth --dataset flatvel-a --count $(DEMO_SHOTS) --seed 0 --overwrite \
+		--no-progress $(DEMO_MAPS) --out $(DEMO_DIR)/flatvel-a
+	$(EPIC) data plot $(DEMO_DIR)/flatvel-a --index 0 --out $(REPORT_DIR)/sample-0.png
+	$(EPIC) testbed down --dir $(DEMO_DIR)/testbed
+	set -e; trap '$(EPIC) testbed down --dir $(DEMO_DIR)/testbed' EXIT; \
+	$(EPIC) testbed up --topology topology.yaml --dir $(DEMO_DIR)/testbed \
+		--truth $(DEMO_DIR)/flatvel-a; \
+	$(EPIC) replay --data $(DEMO_DIR)/flatvel-a --shots $(DEMO_SHOTS) --mode both --rate realtime \
+		--dir $(DEMO_DIR)/testbed --json $(REPORT_DIR)/replay.json; \
+	$(EPIC) report $(DEMO_DIR)/testbed --out $(REPORT_DIR)
+	$(EPIC) simulate --topology topology.yaml --shots 100 --json $(REPORT_DIR)/simulate.json
+	@echo; echo "Report: $(REPORT_DIR)/report.md"
 
 test: setup
 	$(VENV)/bin/pytest
