@@ -362,7 +362,10 @@ def parse_config(argv: Sequence[str] | None = None) -> CentralConfig:
         raise InputError(f"central needs {', '.join('--' + m for m in missing)} "
                          f"(or $EPIC_{'/$EPIC_'.join(m.upper() for m in missing)})")
     values = {k: v for k, v in values.items() if v is not None}
-    logging.getLogger().setLevel(args["log_level"].upper())
+    level = str(args["log_level"]).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise InputError(f"--log-level / $EPIC_LOG_LEVEL: unknown level {args['log_level']!r}")
+    logging.getLogger().setLevel(level)
     return CentralConfig(password=os.environ.get("EPIC_MQTT_PASSWORD") or None, **values)
 
 

@@ -38,7 +38,7 @@ from epic.broker import load_runtime
 from epic.data.openfwi import OpenFWIDataset
 from epic.data.stream import GatherAssembler, replay_gather
 from epic.errors import InputError
-from epic.mqtt import MqttSettings, SessionClient
+from epic.mqtt import MqttConnectError, MqttSettings, SessionClient
 from epic.topology import load_topology
 
 __all__ = ["AgentStats", "DeviceAgent", "main"]
@@ -199,11 +199,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--encoders", type=Path, default=_env("ENCODERS"))
     p.add_argument("--data", type=Path, default=_env("DATA"), required=not _env("DATA"))
     p.add_argument("--gathers", type=int, default=_env("GATHERS"))
-    p.add_argument("--start", type=int, default=int(_env("START", "0")))
+    p.add_argument("--start", type=int, default=_env("START", "0"))
     p.add_argument("--rate", choices=("realtime", "max"), default=_env("RATE", "max"))
     p.add_argument("--broker-host", default=_env("BROKER_HOST"))
     p.add_argument("--broker-port", type=int, default=_env("BROKER_PORT"))
-    p.add_argument("--threads", type=int, default=int(_env("THREADS", "1")))
+    p.add_argument("--threads", type=int, default=_env("THREADS", "1"))
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
+        OpenFWIDataset(args.data, require_models=False)  # bad data fails before connecting
         agent = DeviceAgent(int(args.device_id), args.topology, args.rundir, args.mode,
                             args.encoders, args.broker_host, args.broker_port, args.threads)
         agent.start()
@@ -228,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:  # bad configuration or data: one line, no traceback
         log.error("%s", exc)
         return 2
+    except MqttConnectError as exc:  # broker unreachable or refused us: one line
+        log.error("%s", exc)
+        return 1
     log.info("done: %s", json.dumps(agent.stats.summary()))
     return 0
 

@@ -131,18 +131,21 @@ def data_plot(directory: Path, index: int, out_png: Path) -> None:
 @click.option("--device-dropout", default=0.3, show_default=True, type=float)
 @click.option("--val", "val_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--limit", type=int, default=None, help="Use only the first N samples.")
+@click.option("--dataset", default=None,
+              help="Dataset name for the normalisation (default: from DIR/card.json).")
 @click.option("--threads", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, token_dim,
-              device_dropout, val_dir, limit, threads, resume, progress) -> None:
+              device_dropout, val_dir, limit, dataset, threads, resume, progress) -> None:
     """Train a model on an OpenFWI-layout directory; checkpoints and log.jsonl go to OUT."""
     from epic.train import TrainConfig, train
 
     cfg = TrainConfig(model=model, data_dir=str(data_dir), out_dir=str(out_dir), epochs=epochs,
                       batch=batch, seed=seed, max_minutes=max_minutes, lr=lr,
                       token_dim=token_dim, device_dropout=device_dropout,
-                      val_dir=str(val_dir) if val_dir else None, limit=limit, threads=threads)
+                      val_dir=str(val_dir) if val_dir else None, limit=limit,
+                      dataset=dataset, threads=threads)
     record = train(cfg, resume=resume, progress=progress)
     click.echo(json.dumps(record))
 
@@ -155,12 +158,15 @@ def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, to
 @click.option("--drop-devices", default=0, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", type=int, default=None)
-def evaluate_cmd(model, checkpoint, data_dir, out_json, drop_devices, seed, limit) -> None:
+@click.option("--dataset", default=None,
+              help="Dataset name for the normalisation (default: from DIR/card.json).")
+def evaluate_cmd(model, checkpoint, data_dir, out_json, drop_devices, seed, limit,
+                 dataset) -> None:
     """Evaluate a checkpoint: MAE, RMSE, SSIM as OpenFWI, plus a PNG beside the JSON."""
     from epic.evaluate import evaluate
 
     result = evaluate(model, checkpoint, data_dir, out_json, drop_devices=drop_devices,
-                      seed=seed, limit=limit)
+                      seed=seed, limit=limit, dataset=dataset)
     click.echo(f"{model}: MAE {result['mae']:.4f} RMSE {result['rmse']:.4f} "
                f"SSIM {result['ssim']:.4f} on {result['samples']} samples -> {out_json}")
 
@@ -226,6 +232,7 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
     from epic.topology import load_topology
 
     topology = load_topology(topology_path)
+    parsed_sweeps = [parse_sweep(text) for text in sweeps]  # reject a bad --sweep up front
     sizes = wire_frame_sizes(topology.testbed)
     result = simulate(topology, mode=mode, shots=shots, seed=seed, frame_sizes=sizes)
     if json_out:
@@ -242,8 +249,7 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
         click.echo(f"raw/EPIC: latency p50 {r.latency_p50:.1f}x, communication energy "
                    f"{r.energy_comm:.1f}x, bytes {r.bytes:.0f}x (published: 8.9x and 33.8x)")
     out_dir = json_out.parent if json_out else Path("runs/sweeps")
-    for text in sweeps:
-        key, values = parse_sweep(text)
+    for key, values in parsed_sweeps:
         done = sweep(topology, key, values, out_dir, shots=min(shots, 20), seed=seed,
                      frame_sizes=sizes)
         click.echo(f"sweep {key}: {done.csv_path} {done.png_path}")
@@ -266,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         click.echo(f"epic: error: {exc}", err=True)
         return 2
-    except OSError as exc:
+    except OSError as exc:  # a path given on the command line that cannot be used
         click.echo(f"epic: error: {exc}", err=True)
-        return 1
+        return 2
     except click.exceptions.Abort:
         click.echo("epic: aborted", err=True)
         return 130

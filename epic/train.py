@@ -50,6 +50,7 @@ class TrainConfig:
     token_dim: int | None = None
     val_dir: str | None = None
     limit: int | None = None
+    dataset: str | None = None
     threads: int | None = None
     model_config: dict = field(default_factory=dict)
 
@@ -103,9 +104,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
+    split = load_normalized(cfg.data_dir, dataset=cfg.dataset, limit=cfg.limit)
+    val = (load_normalized(cfg.val_dir, dataset=cfg.dataset, limit=cfg.limit)
+           if cfg.val_dir else None)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    split = load_normalized(cfg.data_dir, limit=cfg.limit)
-    val = load_normalized(cfg.val_dir, limit=cfg.limit) if cfg.val_dir else None
     torch.manual_seed(cfg.seed)
     config = _model_config(cfg)
     model = build_model(cfg.model, **config)
@@ -113,6 +117,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     steps_per_epoch = -(-len(split.x) // cfg.batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     start_epoch, rng = 0, np.random.default_rng(cfg.seed)
+    record: dict = {}
     last = out / "last.pt"
     if resume and last.is_file():
         model, ckpt = load_checkpoint(last, expected_model=cfg.model)
@@ -120,12 +125,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         opt.load_state_dict(ckpt["optimizer"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps_per_epoch)
         sched.load_state_dict(ckpt["scheduler"])
-        start_epoch = ckpt["meta"]["epoch"]
+        start_epoch = ckpt["meta"]["epoch"]  # epochs completed (a partial one is redone)
+        record = ckpt["meta"].get("last", {})
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed %s at epoch %d", last, start_epoch)
     distributed = cfg.model in DISTRIBUTED
-    started, record = time.monotonic(), {}
+    started = time.monotonic()
     budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60
     stopped_early = False
     log_path = out / "log.jsonl"
@@ -160,7 +166,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             record["val"] = fidelity(predict(model, val.x), val.y)
         with log_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        meta = {"epoch": epoch + 1, "train": asdict(cfg), "last": record}
+        completed = epoch if stopped_early else epoch + 1
+        meta = {"epoch": completed, "train": asdict(cfg), "last": record}
         save_checkpoint(last, model, cfg.model, config, split.spec.name, meta, extra={
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})

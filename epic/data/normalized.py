@@ -9,7 +9,7 @@ import numpy as np
 
 from epic.data.openfwi import DatasetSpec, OpenFWIDataset, get_dataset
 from epic.data.transforms import normalize_data, normalize_velocity
-from epic.errors import DataError
+from epic.errors import DataError, InputError
 
 __all__ = ["NormalizedSplit", "load_normalized", "resolve_dataset"]
 
@@ -29,17 +29,22 @@ def resolve_dataset(directory: str | Path, dataset: str | None = None) -> Datase
     """The dataset of ``directory``: ``dataset`` if given, else the one its card names."""
     from epic.data.synth import read_card
 
+    if not Path(directory).is_dir():
+        raise DataError(f"{directory}: no such directory")
     if dataset:
         return get_dataset(dataset)
     card = read_card(directory)
     if card is None or "dataset" not in card:
-        raise DataError(f"{directory}: no card.json naming the dataset; pass --dataset")
+        raise DataError(f"{directory}: no card.json naming the dataset (for real OpenFWI "
+                        "data pass --dataset NAME)")
     return get_dataset(card["dataset"])
 
 
 def load_normalized(directory: str | Path, dataset: str | None = None,
                     limit: int | None = None) -> NormalizedSplit:
     """Load every sample of ``directory`` (or the first ``limit``) and normalise it."""
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise InputError(f"--limit must be >= 1, got {limit!r}")
     spec = resolve_dataset(directory, dataset)
     ds = OpenFWIDataset(directory)
     n = len(ds) if limit is None else min(limit, len(ds))
