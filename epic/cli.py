@@ -26,6 +26,7 @@ def cli(verbose: int) -> None:
     """EPIC testbed: distributed full-waveform inversion on emulated edge devices."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)  # font fallbacks are not news
 
 
 @cli.group()
