@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 MODELS = ("epic", "inversionnet", "isolated", "equal-fusion", "epic-noprior")
+ROBUSTNESS = ("epic", "equal-fusion")
 
 
 def _run(*args: str) -> None:
@@ -37,32 +38,44 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--seed", type=int, default=0, help="Data seed of the train split.")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--data-root", type=Path, default=Path("data"))
     p.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     a = p.parse_args()
     data = a.data_root / a.dataset
-    for split, count, maps, seed in (("train", a.train_count, a.maps_train, 0),
-                                     ("test", a.test_count, a.maps_test, 10_000)):
+    for split, count, maps, seed in (("train", a.train_count, a.maps_train, a.seed),
+                                     ("test", a.test_count, a.maps_test, a.seed + 10_000)):
         if not (data / split / "card.json").is_file():
             extra = ["--maps", maps] if maps else []
             _run("data", "synth", "--dataset", a.dataset, "--count", str(count), "--seed",
                  str(seed), "--threads", str(a.threads), "--out", str(data / split),
                  "--no-progress", "--overwrite", *extra)
     row = {"dataset": a.dataset, "train_count": a.train_count, "test_count": a.test_count,
-           "epochs": a.epochs, "batch": a.batch, "results": {}}
+           "epochs": a.epochs, "batch": a.batch, "precision": a.precision, "results": {}}
     for model in a.models.split(","):
         run = a.out / a.dataset / model
         started = time.monotonic()
         if not (run / "model.pt").is_file():
             _run("train", "--model", model, "--data", str(data / "train"), "--out", str(run),
                  "--epochs", str(a.epochs), "--batch", str(a.batch), "--threads",
-                 str(a.threads), "--no-progress", "--resume")
+                 str(a.threads), "--precision", a.precision, "--no-progress", "--resume")
         _run("evaluate", "--model", model, "--checkpoint", str(run / "model.pt"),
              "--data", str(data / "test"), "--out", str(run / "result.json"))
         result = json.loads((run / "result.json").read_text())
-        last = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()][-1]
-        result["train_wall_s"] = last["wall_s"]
+        if model in ROBUSTNESS:  # MAE with 1 and 2 of the 5 devices missing
+            result["robustness"] = {"0": {k: result[k] for k in ("mae", "rmse", "ssim")}}
+            for k in (1, 2):
+                out = run / f"result-drop{k}.json"
+                _run("evaluate", "--model", model, "--checkpoint", str(run / "model.pt"),
+                     "--data", str(data / "test"), "--out", str(out), "--drop-devices", str(k))
+                r = json.loads(out.read_text())
+                result["robustness"][str(k)] = {m: r[m] for m in ("mae", "rmse", "ssim")}
+        log_path = run / "log.jsonl"  # absent where model.pt is a shipped artifact
+        last = ([json.loads(x) for x in log_path.read_text().splitlines()][-1]
+                if log_path.is_file() else {})
+        result["train_wall_s"] = last.get("wall_s")
         result["wall_s_this_job"] = round(time.monotonic() - started, 1)
         row["results"][model] = result
         (a.out / a.dataset / "row.json").write_text(json.dumps(row, indent=2) + "\n")

@@ -135,10 +135,14 @@ def data_plot(directory: Path, index: int, out_png: Path) -> None:
 @click.option("--dataset", default=None,
               help="Dataset name for the normalisation (default: from DIR/card.json).")
 @click.option("--threads", type=int, default=None)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True, help="bf16: mixed-precision autocast (weights stay float32); "
+              "about 3x faster for InversionNet on CPUs with AVX512-BF16.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, token_dim,
-              device_dropout, val_dir, limit, dataset, threads, resume, progress) -> None:
+              device_dropout, val_dir, limit, dataset, threads, precision, resume, progress
+              ) -> None:
     """Train a model on an OpenFWI-layout directory; checkpoints and log.jsonl go to OUT."""
     from epic.train import TrainConfig, train
 
@@ -146,7 +150,7 @@ def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, to
                       batch=batch, seed=seed, max_minutes=max_minutes, lr=lr,
                       token_dim=token_dim, device_dropout=device_dropout,
                       val_dir=str(val_dir) if val_dir else None, limit=limit,
-                      dataset=dataset, threads=threads)
+                      dataset=dataset, threads=threads, precision=precision)
     record = train(cfg, resume=resume, progress=progress)
     click.echo(json.dumps(record))
 

@@ -6,7 +6,8 @@ seeds, a tqdm bar, a checkpoint after every epoch (``last.pt``, resumable with `
 one JSON line per epoch in ``log.jsonl``. Distributed models see random device dropout: each
 sample loses 1 or 2 devices with probability ``device_dropout``, so the decoder learns to
 cope with missing devices. ``max_minutes`` stops at the first batch past the budget, after
-saving.
+saving. ``precision="bf16"`` runs forward and backward under CPU bfloat16 autocast (weights,
+optimizer state and the loss stay float32); evaluation always runs in float32.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class TrainConfig:
     limit: int | None = None
     dataset: str | None = None
     threads: int | None = None
+    precision: str = "fp32"
     model_config: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -62,6 +64,8 @@ class TrainConfig:
                 raise InputError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.device_dropout <= 1:
             raise InputError(f"device_dropout must be within [0, 1], got {self.device_dropout}")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise InputError(f"--max-minutes must be > 0, got {self.max_minutes}")
 
@@ -146,7 +150,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             x, y = torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
             present = (torch.from_numpy(random_presence(rng, len(idx), 5, cfg.device_dropout))
                        if distributed else None)
-            pred = model(x, present)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                pred = model(x, present)
+            pred = pred.float()
             loss = torch.nn.functional.l1_loss(pred, y)
             if cfg.l2_weight:
                 loss = loss + cfg.l2_weight * torch.nn.functional.mse_loss(pred, y)

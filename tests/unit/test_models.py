@@ -95,6 +95,24 @@ def test_tiny_training_lowers_the_loss_and_resumes(tiny_dataset, tmp_path):
     assert json.loads(log[-1])["epoch"] == 7 and len(log) == 7
 
 
+def test_bf16_training_lowers_the_loss_and_keeps_float32_weights(tiny_dataset, tmp_path):
+    cfg = TrainConfig(model="equal-fusion", data_dir=str(tiny_dataset),
+                      out_dir=str(tmp_path / "run"), epochs=5, batch=4, lr=2e-3, seed=0,
+                      device_dropout=0.0, precision="bf16")
+    train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["train_loss"] < 0.8 * log[0]["train_loss"]
+    model, _ = load_checkpoint(tmp_path / "run" / "model.pt", expected_model="equal-fusion")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_unknown_precision_is_refused(tiny_dataset, tmp_path):
+    cfg = TrainConfig(model="epic", data_dir=str(tiny_dataset), out_dir=str(tmp_path),
+                      precision="fp8")
+    with pytest.raises(InputError, match="fp8"):
+        train(cfg, progress=False)
+
+
 def test_checkpoint_round_trip_and_evaluate(tiny_dataset, tmp_path):
     torch.manual_seed(0)
     model = build_model("isolated", token_dim=16).eval()
