@@ -1,0 +1,361 @@
+"""The docker runtime without an engine: its specs agree with docker-compose.yml, and with no
+engine reachable (the situation on the development machine) `up` fails with one clear line."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emulation import docker_runtime
+from emulation.docker_specs import (
+    BROKER_PORT,
+    RESIDENT,
+    RUNTIME_LABELS,
+    ContainerSpec,
+    container_specs,
+)
+from emulation.testbed import prepare_compose_runtime
+from epic.cli import main
+from epic.errors import InputError
+from epic.topology import load_topology
+from tests.conftest import REPO
+
+COMPOSE = REPO / "docker-compose.yml"
+NO_ENGINE = docker_runtime.engine_problem()
+needs_no_engine = pytest.mark.skipif(NO_ENGINE is None,
+                                     reason="a Docker engine answers here; the no-engine "
+                                            "path cannot be exercised")
+
+
+def _substitute(node, env: dict[str, str]):
+    """Compose's variable interpolation: ${X}, ${X:-default} and ${X:?error}, recursively."""
+    def one(match: re.Match) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise AssertionError(f"compose needs ${name}: {arg}")
+        return arg or ""
+
+    if isinstance(node, str):
+        return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", one, node)
+    if isinstance(node, list):
+        return [_substitute(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: _substitute(value, env) for key, value in node.items()}
+    return node
+
+
+def _volumes(entries: list[str]) -> dict[str, dict[str, str]]:
+    out = {}
+    for entry in entries:
+        host, bind, *mode = entry.split(":")
+        out[host] = {"bind": bind, "mode": mode[0] if mode else "rw"}
+    return out
+
+
+def _ports(entries: list[str]) -> dict[str, int]:
+    return {f"{entry.split(':')[1]}/tcp": int(entry.split(":")[0]) for entry in entries}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"EPIC_RUNDIR": str(tmp_path / "run"), "EPIC_UID": "1234", "EPIC_GID": "5678",
+            "EPIC_DATA": str(tmp_path / "data")}
+
+
+@pytest.fixture
+def compose(env) -> dict:
+    return _substitute(yaml.safe_load(COMPOSE.read_text())["services"], env)
+
+
+@pytest.fixture
+def specs(env) -> dict[str, ContainerSpec]:
+    return container_specs(load_topology(REPO / "topology.yaml"), Path(env["EPIC_RUNDIR"]),
+                           data_dir=Path(env["EPIC_DATA"]), user="1234:5678")
+
+
+def test_specs_have_exactly_the_compose_services(compose, specs):
+    assert list(specs) == list(compose)
+    assert [s for s in specs if specs[s].resident] == list(RESIDENT)
+    assert all(compose[s].get("profiles") == ["replay"] for s in specs if not specs[s].resident)
+
+
+def test_every_spec_agrees_with_its_compose_service(compose, specs):
+    for name, spec in specs.items():
+        service = compose[name]
+        assert spec.service == name
+        assert spec.image == service["image"], name
+        assert spec.dockerfile == (service.get("build") or {}).get("dockerfile"), name
+        if "build" in service:
+            assert service["build"]["context"] == ".", name  # the SDK builds from REPO
+        assert spec.command == (tuple(service["command"]) if "command" in service
+                                else None), name
+        assert spec.user == service["user"], name
+        assert spec.environment == service.get("environment", {}), name
+        assert spec.volumes == _volumes(service.get("volumes", [])), name
+        assert spec.ports == _ports(service.get("ports", [])), name
+        assert spec.depends_on == tuple(service.get("depends_on", ())), name
+        compose_labels = service.get("labels", {})
+        assert {k: spec.labels[k] for k in compose_labels} == compose_labels, name
+        assert set(spec.labels) - set(compose_labels) == set(RUNTIME_LABELS), name
+        assert spec.labels["epic.service"] == name
+
+
+def test_specs_follow_the_given_topology_not_the_default(tmp_path):
+    text = (REPO / "topology.yaml").read_text().replace("testbed: epic-5", "testbed: lab")
+    text = text[:text.index("devices:")] + (
+        "devices:\n"
+        "  - {id: device-7, receivers: [0, 35], link: wifi, energy: wifi-80211n}\n"
+        "  - {id: device-9, receivers: [35, 70], link: wifi, energy: wifi-80211n}\n")
+    path = tmp_path / "two.yaml"
+    path.write_text(text)
+    rundir = tmp_path / "run"
+    specs = container_specs(load_topology(path), rundir, broker_host_port=None)
+    assert list(specs) == [*RESIDENT, "device-7", "device-9"]
+    assert specs["broker"].ports == {}  # not published
+    assert specs["device-9"].environment["EPIC_DEVICE_ID"] == "9"
+    assert specs["device-9"].environment["EPIC_BROKER_PORT"] == "18831"  # 2nd proxy port
+    assert specs["device-9"].labels["epic.receivers"] == "35-70"
+    assert specs["central"].container_name() == "lab-central"
+    for spec in specs.values():
+        assert spec.labels["epic.testbed"] == "lab"
+        assert spec.labels["epic.rundir"] == str(rundir.resolve())
+        if spec.environment:
+            assert spec.environment["EPIC_TOPOLOGY"] == f"{rundir.resolve()}/topology.yaml"
+
+
+def test_central_files_are_mounted_read_only_at_their_own_path(tmp_path):
+    checkpoint = tmp_path / "m.pt"
+    specs = container_specs(load_topology(REPO / "topology.yaml"), tmp_path / "run",
+                            checkpoint=checkpoint, truth=tmp_path / "truth")
+    env, volumes = specs["central"].environment, specs["central"].volumes
+    assert env["EPIC_CHECKPOINT"] == str(checkpoint)
+    assert env["EPIC_TRUTH"] == str(tmp_path / "truth")
+    assert "EPIC_RAW_CHECKPOINT" not in env
+    assert volumes[str(checkpoint)] == {"bind": str(checkpoint), "mode": "ro"}
+
+
+def test_run_kwargs_put_the_service_name_on_the_network(specs):
+    docker = pytest.importorskip("docker")
+    client = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.44")  # offline
+
+    class Client:
+        api = client
+
+    kwargs = specs["broker"].run_kwargs(Client(), "epic-5-net")
+    assert kwargs["name"] == "epic-5-broker" and kwargs["detach"] is True
+    assert kwargs["network"] == "epic-5-net"
+    assert kwargs["networking_config"]["epic-5-net"]["Aliases"] == ["broker"]
+    assert kwargs["ports"] == {f"{BROKER_PORT}/tcp": BROKER_PORT}
+    assert kwargs["command"][-1].endswith("/mosquitto.conf")
+    assert "command" not in specs["central"].run_kwargs(Client(), "n")  # the image's CMD
+
+
+def test_dockerignore_keeps_what_the_dockerfiles_copy():
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", "data", "runs", ".git"} <= ignored
+    for dockerfile in ("devices/Dockerfile", "central/Dockerfile"):
+        for line in (REPO / dockerfile).read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert src.split("/")[0] not in ignored, f"{dockerfile}: {src} ignored"
+
+
+@needs_no_engine
+def test_connect_without_an_engine_is_one_clear_line():
+    pytest.importorskip("docker")
+    with pytest.raises(InputError) as info:
+        docker_runtime.connect(timeout_s=5)
+    message = str(info.value)
+    assert message.startswith("no Docker engine reachable (")
+    assert message.endswith("run without --runtime docker to use processes")
+    assert "\n" not in message
+
+
+def test_connect_without_the_docker_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "docker", None)  # import docker -> ImportError
+    with pytest.raises(InputError, match=r"docker Python package is not installed"):
+        docker_runtime.connect()
+
+
+@needs_no_engine
+def test_cli_up_docker_exits_2_and_writes_nothing(tmp_path, capsys):
+    pytest.importorskip("docker")
+    rundir = tmp_path / "run"
+    assert main(["testbed", "up", "--runtime", "docker", "--dir", str(rundir),
+                 "--topology", str(REPO / "topology.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("epic: error: no Docker engine reachable (")
+    assert err.endswith("run without --runtime docker to use processes")
+    assert not rundir.exists()  # failed before writing credentials
+
+
+def test_down_and_status_without_a_docker_testbed(tmp_path):
+    assert docker_runtime.down(tmp_path / "nowhere") == []  # safe, needs no engine
+    assert docker_runtime.down(tmp_path) == []
+    with pytest.raises(InputError, match="no docker testbed"):
+        docker_runtime.status(tmp_path)
+
+
+class _Container:
+    def __init__(self, name: str, service: str, calls: list[str]) -> None:
+        self.name, self.labels, self.calls = name, {"epic.service": service}, calls
+
+    def stop(self, timeout: int) -> None:
+        self.calls.append(f"stop {self.name}")
+
+    def logs(self) -> bytes:
+        return f"log of {self.name}\n".encode()
+
+    def remove(self, force: bool) -> None:
+        self.calls.append(f"remove {self.name}")
+
+
+def test_down_removes_what_carries_this_testbeds_labels_in_order(tmp_path):
+    """A stand-in client: the engine does the label filtering; check what we ask and do."""
+    pytest.importorskip("docker")
+    rundir = tmp_path.resolve()
+    (rundir / docker_runtime.STATE_FILE).write_text(json.dumps({"testbed": "tb"}))
+    calls: list[str] = []
+    filters_seen = []
+    names = ["tb-broker", "tb-device-1", "tb-link-proxies", "tb-central"]
+
+    class Network:
+        name = "tb-net"
+
+        def remove(self) -> None:
+            calls.append("remove network")
+
+    class Listing:
+        def list(self, all=False, filters=None):
+            filters_seen.append(filters)
+            return [_Container(n, n[3:], calls) for n in names] if all else []
+
+    class Networks:
+        def list(self, filters=None):
+            filters_seen.append(filters)
+            return [Network()]
+
+    class Client:
+        containers, networks = Listing(), Networks()
+
+    removed = docker_runtime.down(rundir, timeout_s=1, client=Client())
+    assert removed == ["tb-device-1", "tb-central", "tb-link-proxies", "tb-broker"]
+    assert calls[-1] == "remove network"
+    assert calls[:2] == ["stop tb-device-1", "remove tb-device-1"]
+    for filters in filters_seen:
+        assert filters == {"label": ["epic.testbed=tb", f"epic.rundir={rundir}"]}
+    assert (rundir / "logs" / "central.log").read_text() == "log of tb-central\n"
+    assert not (rundir / docker_runtime.STATE_FILE).exists()
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
+                    reason="mosquitto_passwd is not on PATH (apt install mosquitto)")
+def test_compose_runtime_has_the_conf_the_broker_spec_names_and_the_topology(tmp_path):
+    topology = tmp_path / "mine.yaml"
+    topology.write_text((REPO / "topology.yaml").read_text())
+    rundir = prepare_compose_runtime(topology, tmp_path / "run")
+    spec = container_specs(load_topology(topology), rundir)["broker"]
+    conf = Path(spec.command[-1]).read_text()
+    assert f"listener {BROKER_PORT} 0.0.0.0" in conf
+    assert (rundir / "topology.yaml").read_text() == topology.read_text()  # what roles read
+    assert spec.volumes[str(rundir)]["bind"] == str(rundir)
+
+
+class _FakeEngine:
+    """Stands in for docker.DockerClient: records calls; 'running' central and proxies write
+    their status files into the mounted RUNDIR as the real roles do."""
+
+    def __init__(self, central_exits: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.started: dict[str, _Container] = {}
+        self.central_exits = central_exits
+        engine = self
+
+        class Images:
+            def get(self, tag):
+                engine.calls.append(("get", tag))
+
+            def build(self, **kwargs):
+                engine.calls.append(("build", kwargs["tag"], kwargs["dockerfile"]))
+
+        class Containers:
+            def list(self, all=False, filters=None):
+                rundir = [f for f in filters["label"] if f.startswith("epic.rundir=")]
+                return list(engine.started.values()) if rundir else []
+
+            def run(self, **kwargs):
+                return engine.run(**kwargs)
+
+        class Networks:
+            def list(self, filters=None):
+                return []
+
+            def create(self, name, **kwargs):
+                engine.calls.append(("network", name, kwargs["labels"]))
+
+        class Api:
+            def create_endpoint_config(self, aliases):
+                return {"Aliases": aliases}
+
+        self.images, self.containers, self.networks, self.api = (
+            Images(), Containers(), Networks(), Api())
+
+    def run(self, **kwargs):
+        service = kwargs["labels"]["epic.service"]
+        rundir = Path(kwargs["labels"]["epic.rundir"])
+        self.calls.append(("run", kwargs["name"], kwargs["networking_config"]))
+        container = _Container(kwargs["name"], service, [])
+        container.status = "exited" if self.central_exits and service == "central" else (
+            "running")
+        container.reload = lambda: None
+        container.logs = lambda tail=None: b"boom\n"
+        if service == "central" and not self.central_exits:
+            (rundir / "central-status.json").write_text('{"connected": true}')
+        if service == "link-proxies":
+            for device in load_topology(rundir / "topology.yaml").devices:
+                (rundir / f"proxy-{device.id}.json").write_text("{}")
+        self.started[kwargs["name"]] = container
+        return container
+
+
+needs_passwd = pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
+                                  reason="mosquitto_passwd is not on PATH")
+
+
+@needs_passwd
+def test_up_orchestrates_images_network_and_roles_with_a_stand_in_engine(tmp_path):
+    engine = _FakeEngine()
+    state = docker_runtime.up(REPO / "topology.yaml", tmp_path / "run", client=engine,
+                              timeout_s=5)
+    rundir = (tmp_path / "run").resolve()
+    assert ("build", "epic-device", "devices/Dockerfile") in engine.calls
+    assert ("build", "epic-central", "central/Dockerfile") in engine.calls
+    runs = [c for c in engine.calls if c[0] == "run"]
+    assert [c[1] for c in runs] == ["epic-5-broker", "epic-5-central", "epic-5-link-proxies"]
+    assert runs[1][2] == {"epic-5-net": {"Aliases": ["central"]}}
+    assert ("network", "epic-5-net", {"epic.testbed": "epic-5",
+                                      "epic.rundir": str(rundir)}) in engine.calls
+    assert json.loads((rundir / docker_runtime.STATE_FILE).read_text()) == state
+    assert state["started_unix_s"] is not None
+    with pytest.raises(InputError, match="docker testbed is recorded"):
+        docker_runtime.up(REPO / "topology.yaml", rundir, client=engine)
+
+
+@needs_passwd
+def test_up_that_fails_cleans_up_and_says_why(tmp_path):
+    engine = _FakeEngine(central_exits=True)
+    with pytest.raises(InputError, match=r"container epic-5-central exited .*boom"):
+        docker_runtime.up(REPO / "topology.yaml", tmp_path / "run", build=False,
+                          client=engine, timeout_s=5)
+    assert not any(c[0] == "build" for c in engine.calls)  # --no-build: tags looked up
+    assert not (tmp_path / "run" / docker_runtime.STATE_FILE).exists()  # down ran
