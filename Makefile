@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[dev,export]'
+	$(PIP) install -q --disable-pip-version-check -e '.[dev,export,docker]'
 	@touch $@
 
 # The main job: synthesise 10 shot-gathers from real FlatVel-A test maps (generated maps when
@@ -50,6 +50,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/pytest -m benchmark -s bench tests
 	$(PY) bench/bench_synthesis.py --count 16 --json runs/bench/synthesis.json
+	$(PY) bench/bench_replay.py --count 80 --json runs/bench/replay.json
 
 lint: setup
 	$(VENV)/bin/ruff check .

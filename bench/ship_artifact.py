@@ -36,6 +36,8 @@ def _train_command(train: dict) -> str:
              f"--device-dropout {train['device_dropout']}"]
     if train.get("token_dim"):
         parts.append(f"--token-dim {train['token_dim']}")
+    if train.get("precision", "fp32") != "fp32":
+        parts.append(f"--precision {train['precision']}")
     if train.get("threads"):
         parts.append(f"--threads {train['threads']}")
     return " ".join(parts)

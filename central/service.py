@@ -268,6 +268,7 @@ class CentralService:
             "present": [self.names[d] for d in gather.devices],
             "absent": [n for d, n in self.names.items() if d not in gather.devices],
             "incomplete": [self.names[d] for d in gather.incomplete],
+            "partial": len(gather.devices) < len(self.names),
             "at_deadline": gather.at_deadline,
             "wait_s": round(gather.closed_s - gather.first_s, 6),
             "decode_start_ns": start_ns, "decode_end_ns": end_ns, "decode_batch": batch,

@@ -13,6 +13,12 @@ time or as fast as possible), waits for each complete shot-gather, and then:
   and publish times in ns) on ``epic/<testbed>/device-<n>/latent``;
 * ``raw`` mode: publishes its float32 ``(5, 1000, 14)`` traces as RAW_CHUNK frames.
 
+With ``--start-at-unix-s T`` (a replay gives every agent the same T) the agent loads its
+encoder and connects first, then waits until T: in real time the k-th replayed gather's
+stream starts at T + k x (shots x samples / 1 kHz), i.e. gather k's capture ends at
+T + (k + 1) x 5 s on every device; as fast as possible, all agents start streaming at T.
+Without it, T is the moment the agent is ready.
+
 A gather with NaN/Inf samples is rejected, counted and logged, never published. The agent
 records encode time and peak memory in ``RUNDIR/agent-device-<n>.json``. It imports no torch.
 """
@@ -23,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -45,6 +52,9 @@ __all__ = ["AgentStats", "DeviceAgent", "main"]
 
 log = logging.getLogger("devices.agent")
 
+SAMPLE_RATE_HZ = 1000.0  # the sensor stream's sampling rate (OpenFWI: 1 ms)
+STATS_PERIOD_S = 0.5  # while replaying, the stats file is rewritten at most this often
+
 
 @dataclass
 class AgentStats:
@@ -60,6 +70,8 @@ class AgentStats:
     encode_s: list[float] = field(default_factory=list)
     peak_rss_bytes: int = 0
     backend: str = ""
+    start_at_unix_s: float | None = None
+    start_lag_s: float | None = None  # streaming began this long after T (> 0: ready late)
 
     def summary(self) -> dict:
         data = asdict(self)
@@ -95,6 +107,7 @@ class DeviceAgent:
             self.stats.backend = self.runtime.backend
         broker = load_runtime(rundir)
         self.rundir = rundir
+        self._stats_written_s = -math.inf  # monotonic time of the last stats file write
         settings = MqttSettings(host=broker_host or broker.host, port=broker_port or broker.port,
                                 client_id=f"{self.testbed}-{spec.id}", username=spec.id,
                                 password=broker.password(spec.id), ca_file=broker.ca_file)
@@ -141,19 +154,32 @@ class DeviceAgent:
         self.stats.gathers_published += 1
 
     def replay(self, data_dir: Path, gathers: int | None, start: int = 0,
-               realtime: bool = False) -> None:
-        """Stream gathers ``start .. start + gathers`` of ``data_dir`` through the encoder."""
+               realtime: bool = False, start_at_unix_s: float | None = None) -> None:
+        """Stream gathers ``start .. start + gathers`` of ``data_dir`` through the encoder.
+
+        ``start_at_unix_s``: the shared start instant T (wall clock, s); the agent sleeps until
+        T, and in real time gather k's stream starts at T + k x gather duration.
+        """
         ds = OpenFWIDataset(data_dir, require_models=False)
         stop = len(ds) if gathers is None else min(len(ds), start + gathers)
         if start >= stop:
             raise InputError(f"--start {start}: {data_dir} holds {len(ds)} gathers")
         lo, hi = self.spec.receivers
         assembler = GatherAssembler(5, 1000, (lo, hi))
+        first, _ = ds[start]  # read before the start instant, not after it
         wall_offset_ns = time.time_ns() - time.monotonic_ns()
-        for gather_id in range(start, stop):
-            full, _ = ds[gather_id]
+        t0_ns = time.time_ns() if start_at_unix_s is None else round(start_at_unix_s * 1e9)
+        if (wait_ns := t0_ns - time.time_ns()) > 0:
+            time.sleep(wait_ns / 1e9)
+        self.stats.start_at_unix_s = t0_ns / 1e9
+        self.stats.start_lag_s = (time.time_ns() - t0_ns) / 1e9
+        log.info("streaming from T=%.3f (%+.1f ms)", t0_ns / 1e9, self.stats.start_lag_s * 1e3)
+        for k, gather_id in enumerate(range(start, stop)):
+            full = first if k == 0 else ds[gather_id][0]
+            duration_ns = round(full.shape[0] * full.shape[1] * 1e9 / SAMPLE_RATE_HZ)
             for window in replay_gather(full, gather_id, [(self.spec.number, (lo, hi))],
-                                        realtime=realtime):
+                                        sample_rate_hz=SAMPLE_RATE_HZ, realtime=realtime,
+                                        start_ns=t0_ns + k * duration_ns - wall_offset_ns):
                 done = assembler.add(window)
                 if done is not None:
                     # paced: the last sample's capture time; as fast as possible the stream's
@@ -161,9 +187,15 @@ class DeviceAgent:
                     capture_ns = (window.capture_time_ns + wall_offset_ns if realtime
                                   else time.time_ns())
                     self.publish_gather(gather_id, done, capture_ns)
-            self._write_stats()
+            self._write_stats(every_s=STATS_PERIOD_S)
 
-    def _write_stats(self) -> None:
+    def _write_stats(self, every_s: float = 0.0) -> None:
+        """Replace RUNDIR/agent-<device>.json; with ``every_s`` > 0, at most once per that
+        many seconds (a write costs about 1 ms, as much as an encode)."""
+        now_s = time.monotonic()
+        if now_s < self._stats_written_s + every_s:
+            return
+        self._stats_written_s = now_s
         self.stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         path = self.rundir / f"agent-{self.spec.id}.json"
         tmp = path.with_suffix(".json.tmp")
@@ -201,6 +233,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gathers", type=int, default=_env("GATHERS"))
     p.add_argument("--start", type=int, default=_env("START", "0"))
     p.add_argument("--rate", choices=("realtime", "max"), default=_env("RATE", "max"))
+    p.add_argument("--start-at-unix-s", type=float, default=_env("START_AT_UNIX_S"),
+                   help="shared start instant T (wall clock, s): stream from T on")
     p.add_argument("--broker-host", default=_env("BROKER_HOST"))
     p.add_argument("--broker-port", type=int, default=_env("BROKER_PORT"))
     p.add_argument("--threads", type=int, default=_env("THREADS", "1"))
@@ -220,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         agent.start()
         try:
             agent.replay(args.data, None if args.gathers is None else int(args.gathers),
-                         args.start, realtime=args.rate == "realtime")
+                         args.start, realtime=args.rate == "realtime",
+                         start_at_unix_s=None if args.start_at_unix_s is None
+                         else float(args.start_at_unix_s))
             if not agent.wait_acked(30.0):
                 log.error("not every frame was acknowledged within 30 s")
                 return 1

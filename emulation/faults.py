@@ -1,4 +1,4 @@
-"""Faults on a running process-mode testbed: degrade one device's link, restart the broker.
+"""Faults on a running process-mode testbed: degrade a link, restart the broker, kill a device.
 
 - ``degrade_link(rundir, "device-2", loss=0.05, bandwidth_bps=1e6)`` gives that device its own
   copy of its link profile (``<link>-<device>``) with the new values, in RUNDIR/topology.yaml,
@@ -7,28 +7,142 @@
 - ``restart_broker(rundir, hard=False)`` stops Mosquitto (SIGTERM saves its database; ``hard``
   SIGKILLs it) and starts it again on the same port and persistence; QoS 1 sessions resume.
 
-Killing a device is not here: agents live only for one replay (see :mod:`emulation.testbed`).
+- ``kill_device(rundir, "device-3")`` marks the device dead in RUNDIR/faults.json (replaced
+  atomically) and SIGKILLs its agent if a replay is running one (replay records its agents'
+  PIDs in RUNDIR/agents.json, see :mod:`emulation.agents`). Later replays do not start a dead
+  device's agent; central decodes each gather at its deadline without it (a partial decode).
+  ``restore_device(rundir, "device-3")`` brings it back from the next replay on.
+
+Agents live only for one replay (see :mod:`emulation.testbed`), so a dead device is a record
+in the run directory rather than a stopped resident process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
 import socket
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import yaml
 
-from emulation.testbed import RoleProcess, is_alive, load_info, spawn_role, write_info
+from emulation.testbed import (
+    RoleProcess,
+    TestbedInfo,
+    is_alive,
+    load_info,
+    spawn_role,
+    write_info,
+)
 from epic.errors import InputError
 from epic.topology import parse_topology
 
-__all__ = ["degrade_link", "restart_broker"]
+__all__ = [
+    "AGENTS_FILE",
+    "FAULTS_FILE",
+    "dead_devices",
+    "degrade_link",
+    "kill_device",
+    "record_agents",
+    "restart_broker",
+    "restore_device",
+    "running_agents",
+]
 
 log = logging.getLogger(__name__)
+
+FAULTS_FILE = "faults.json"
+AGENTS_FILE = "agents.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object file, or {} if it is missing; InputError if it is unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"cannot read {path}: not a JSON object")
+    return data
+
+
+def dead_devices(rundir: Path) -> dict[str, float]:
+    """Devices marked dead in RUNDIR/faults.json: device id -> kill time (Unix s)."""
+    return dict(_read_json(Path(rundir) / FAULTS_FILE).get("dead", {}))
+
+
+def _checked_device(rundir: Path, device_id: str) -> TestbedInfo:
+    info = load_info(Path(rundir))
+    if info is None:
+        raise InputError(f"no testbed in {rundir} (testbed.json missing); run `epic testbed "
+                         f"up --dir {rundir}` first")
+    if device_id not in info.devices:
+        raise InputError(f"unknown device {device_id!r} in {rundir}: known devices are "
+                         f"{', '.join(info.devices)}")
+    return info
+
+
+def record_agents(rundir: Path, mode: str, agents: dict[str, RoleProcess]) -> None:
+    """Write RUNDIR/agents.json: the running replay's agent processes, by device id."""
+    _write_json(Path(rundir) / AGENTS_FILE,
+                {"mode": mode, "agents": {d: asdict(p) for d, p in agents.items()}})
+
+
+def running_agents(rundir: Path) -> dict[str, RoleProcess]:
+    """The agents recorded in RUNDIR/agents.json that are still running, by device id."""
+    agents = _read_json(Path(rundir) / AGENTS_FILE).get("agents", {})
+    procs = {d: RoleProcess(**p) for d, p in agents.items()}
+    return {d: p for d, p in procs.items() if is_alive(p)}
+
+
+def kill_device(rundir: Path, device_id: str) -> int | None:
+    """Mark ``device_id`` dead and SIGKILL its running agent; return that agent's PID or None.
+
+    Raises InputError if RUNDIR has no testbed or ``device_id`` is not one of its devices.
+    Killing a dead device again is not an error (it only kills a running agent, if any).
+    """
+    rundir = Path(rundir)
+    _checked_device(rundir, device_id)
+    dead = dead_devices(rundir)
+    dead.setdefault(device_id, time.time())
+    # faults.json first, agents.json second: a replay writes agents.json and then re-reads
+    # faults.json, so an agent started concurrently is killed by one side or the other
+    _write_json(rundir / FAULTS_FILE, {"dead": dead})
+    agent = running_agents(rundir).get(device_id)
+    if agent is None:
+        log.info("%s marked dead (no agent running)", device_id)
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(agent.pid, signal.SIGKILL)
+    log.info("%s marked dead; its agent pid %d killed", device_id, agent.pid)
+    return agent.pid
+
+
+def restore_device(rundir: Path, device_id: str) -> bool:
+    """Undo ``kill_device``: the next replay starts the agent again. True if it was dead.
+
+    Raises InputError like :func:`kill_device`.
+    """
+    rundir = Path(rundir)
+    _checked_device(rundir, device_id)
+    dead = dead_devices(rundir)
+    was_dead = dead.pop(device_id, None) is not None
+    _write_json(rundir / FAULTS_FILE, {"dead": dead})
+    log.info("%s restored%s", device_id, "" if was_dead else " (it was not dead)")
+    return was_dead
 
 
 def degrade_link(rundir: Path, device_id: str, *, loss: float | None = None,

@@ -1,9 +1,11 @@
 """Replay OpenFWI-layout shot-gathers over a running testbed and measure both modes.
 
-``replay(rundir, data, shots, mode)`` starts one ``python -m devices.agent`` per device (each
-connects through its link proxy), waits for them, then polls RUNDIR/results.jsonl until central
-decoded every gather of the run; ``both`` runs EPIC, then raw, over the same links. It returns
-(and writes to ``json_out`` and RUNDIR/replay.json) per mode:
+``replay(rundir, data, shots, mode)`` starts one ``python -m devices.agent`` per live device
+(:mod:`emulation.agents`: through its link proxy, all with one shared start instant; a device
+killed by ``epic testbed fault kill-device`` is not started), waits for them, then polls
+RUNDIR/results.jsonl until central decoded every gather of the run, partially (at its
+deadline, without the dead devices) or not; ``both`` runs EPIC, then raw, over the same links.
+It returns (and writes to ``json_out`` and RUNDIR/replay.json) per mode:
 
 - latency per device and gather, seconds, p50/p95/p99: ``capture_to_decode_s`` (capture of
   the gather's last sample to the end of its decode) and ``publish_to_decode_s`` (encode end,
@@ -13,6 +15,13 @@ decoded every gather of the run; ``both`` runs EPIC, then raw, over the same lin
 - bytes per gather (central's wire bytes; the proxies' link bytes with headers and resends);
 - energy per device, joules, from the deltas of the proxies' status files;
 - fidelity (mean MAE/RMSE/SSIM when central had ``--truth``), and ratios raw over EPIC;
+- partial decodes: how many, which devices were present (``partial_sets``), and their
+  fidelity cost (``fidelity_cost``): mean MAE/RMSE/SSIM of the partial decodes against full
+  decodes, ``fidelity_cost.baseline`` saying which: ``same gathers, earlier replay`` (full
+  decodes of the same gathers, data and truth by an earlier replay in this run directory, e.g.
+  before a ``testbed down``/``up``; from RUNDIR/replay-history.jsonl), else ``this replay``
+  (its full decodes of other gathers), else ``earlier on this testbed`` (other gathers);
+- the agents: shared start instant, devices skipped as dead or killed during the run;
 - the SimPy model's prediction for the same topology and gather count.
 """
 
@@ -20,25 +29,28 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from emulation.agents import DEFAULT_LEAD_S, run_agents
+from emulation.faults import dead_devices
 from emulation.simulate import simulate, wire_frame_sizes
-from emulation.testbed import REPO, TestbedInfo, is_alive, load_info
+from emulation.testbed import REPO, is_alive, load_info
 from epic.data.openfwi import OpenFWIDataset
 from epic.errors import InputError
 from epic.topology import load_topology
 
-__all__ = ["DEFAULT_ENCODERS", "REPLAY_FILE", "STAGES", "replay", "summarize_mode"]
+__all__ = ["DEFAULT_ENCODERS", "REPLAY_FILE", "STAGES", "fidelity_cost", "replay",
+           "summarize_mode"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODERS = REPO / "artifacts" / "encoders" / "epic-flatvel-a" / "manifest.json"
 REPLAY_FILE = "replay.json"
+HISTORY_FILE = "replay-history.jsonl"  # one line per replayed mode, kept across testbed ups
 STAGES: tuple[str, ...] = ("encode", "link_broker", "assembly", "decode")
 _CENTRAL_MODE = {"epic": "latent", "raw": "raw"}
 _STATUS_PERIOD_S = 1.0  # the proxies rewrite their status files this often
@@ -76,6 +88,53 @@ def _fresh_snapshot(rundir: Path, devices: tuple[str, ...], after_unix_s: float,
         time.sleep(0.2)
 
 
+def _is_partial(record: dict) -> bool:
+    """Whether central decoded this gather without some device (absent or incomplete)."""
+    return bool(record["absent"] or record["incomplete"])
+
+
+def fidelity_cost(records: list[dict], earlier: list[dict],
+                  paired: dict[int, dict] | None = None) -> dict | None:
+    """Mean fidelity of partial decodes against full ones; None if no partial has metrics.
+
+    Args:
+        records: one mode's results.jsonl records of this replay.
+        earlier: that mode's records decoded earlier on this testbed.
+        paired: gather -> metrics of full decodes of the same gathers (same data and truth)
+            by earlier replays; the preferred baseline, for the partial gathers it covers.
+
+    Returns ``{"partial": {"n", "gathers", "mae", "rmse", "ssim"}, "full": same or None,
+    "baseline": "same gathers, earlier replay" | "this replay" | "earlier on this testbed" |
+    None, "delta": partial - full per metric or None}`` (MAE/RMSE on the normalised [-1, 1]
+    scale, SSIM in [0, 1]).
+    """
+    def mean(rs: list[dict]) -> dict:
+        keys = rs[0]["metrics"]
+        return {"n": len(rs), "gathers": sorted(r["gather"] for r in rs),
+                **{k: float(np.mean([r["metrics"][k] for r in rs])) for k in keys}}
+
+    partial = [r for r in records if _is_partial(r) and r.get("metrics")]
+    if not partial:
+        return None
+    same = [{"gather": r["gather"], "metrics": paired[r["gather"]]} for r in partial
+            if r["gather"] in (paired or {})]
+    if same:
+        partial = [r for r in partial if r["gather"] in paired]
+        baseline, full = "same gathers, earlier replay", same
+    else:
+        baseline, full = "this replay", [r for r in records
+                                         if not _is_partial(r) and r.get("metrics")]
+    if not full:
+        baseline, full = "earlier on this testbed", [r for r in earlier
+                                                     if not _is_partial(r) and r.get("metrics")]
+    out = {"partial": mean(partial), "full": mean(full) if full else None,
+           "baseline": baseline if full else None, "delta": None}
+    if full:
+        out["delta"] = {k: out["partial"][k] - out["full"][k]
+                        for k in out["partial"] if k not in ("n", "gathers")}
+    return out
+
+
 def summarize_mode(mode: str, records: list[dict], before: dict[str, dict],
                    after: dict[str, dict]) -> dict:
     """One mode's measurements from its results.jsonl records and proxy status snapshots."""
@@ -102,11 +161,18 @@ def summarize_mode(mode: str, records: list[dict], before: dict[str, dict],
                 if metrics else None)
     n = max(len(records), 1)
     first = sorted(next(iter(r["devices"].values()))["capture_ns"] for r in records)
+    partial_sets: dict[tuple[str, ...], dict] = {}
+    for rec in sorted(filter(_is_partial, records), key=lambda r: r["gather"]):
+        group = partial_sets.setdefault(tuple(rec["present"]), {
+            "present": rec["present"], "absent": sorted({*rec["absent"], *rec["incomplete"]}),
+            "gathers": []})
+        group["gathers"].append(rec["gather"])
     return {
         "capture_interval_s": float(np.median(np.diff(first))) / 1e9 if len(first) > 1
         else None,
         "mode": mode, "gathers": len(records),
-        "partial": sum(1 for r in records if r["absent"] or r["incomplete"]),
+        "partial": sum(map(_is_partial, records)),
+        "partial_sets": list(partial_sets.values()),
         "maps": sum(1 for r in records if r.get("map")),
         "capture_to_decode_s": _percentiles(capture),
         "publish_to_decode_s": _percentiles(publish),
@@ -117,36 +183,6 @@ def summarize_mode(mode: str, records: list[dict], before: dict[str, dict],
         "comm_j": float(sum(e["comm"] for e in energy.values())),
         "fidelity": fidelity,
     }
-
-
-def _run_agents(info: TestbedInfo, mode: str, data: Path, shots: int, start: int, rate: str,
-                encoders: Path, timeout_s: float) -> None:
-    rundir = Path(info.rundir)
-    procs = []
-    for number, device in enumerate(info.devices):
-        log_path = rundir / "logs" / f"agent-{device}-{mode}.log"
-        args = [sys.executable, "-m", "devices.agent",
-                "--device-id", device.rsplit("-", 1)[1], "--topology", info.topology,
-                "--rundir", info.rundir, "--encoders", str(encoders), "--data", str(data),
-                "--mode", mode, "--gathers", str(shots), "--start", str(start), "--rate", rate,
-                "--broker-host", info.broker_host,
-                "--broker-port", str(info.proxy_base_port + number)]
-        with open(log_path, "ab") as handle:
-            procs.append((device, log_path, subprocess.Popen(
-                args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=REPO)))
-    deadline = time.monotonic() + timeout_s
-    failed = []
-    for device, log_path, proc in procs:
-        try:
-            proc.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.returncode != 0:
-            failed.append(f"{device} exit {proc.returncode} (see {log_path})")
-    if failed:
-        raise InputError(f"{mode} agents failed: {'; '.join(failed)}")
 
 
 def _wait_decoded(rundir: Path, mode: str, gather_ids: set[int], skip: int,
@@ -162,13 +198,17 @@ def _wait_decoded(rundir: Path, mode: str, gather_ids: set[int], skip: int,
             missing = sorted(gather_ids - {r["gather"] for r in records})
             raise InputError(f"central decoded no {mode} result for gathers {missing} within "
                              f"{timeout_s:.0f} s (see {rundir}/logs/central.log)")
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str = "max",
            json_out: Path | None = None, start: int = 0, encoders: Path = DEFAULT_ENCODERS,
-           timeout_s: float = 300.0, seed: int = 0) -> dict:
+           timeout_s: float = 300.0, seed: int = 0, lead_s: float = DEFAULT_LEAD_S) -> dict:
     """Replay gathers ``start .. start + shots`` of ``data`` in ``mode`` ("epic", "raw", "both").
+
+    ``lead_s``: seconds from launching the agents to their shared start instant (they load
+    the encoder and connect in that time). Dead devices (kill-device) are not started; their
+    gathers are decoded partially by central at its deadline.
 
     Raises InputError for a bad argument, a stopped testbed, gathers this testbed already
     decoded (central refuses them as late: use another ``start`` or restart the testbed), a
@@ -181,6 +221,8 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         raise InputError(f"--rate must be realtime or max, got {rate!r}")
     if shots < 1:
         raise InputError(f"--shots must be >= 1, got {shots}")
+    if not lead_s >= 0:
+        raise InputError(f"--start-lead-s must be >= 0, got {lead_s}")
     info = load_info(rundir)
     if info is None or not all(is_alive(p) for p in info.processes):
         raise InputError(f"no running testbed in {rundir}; run `epic testbed up` first")
@@ -199,14 +241,24 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         skip = len(_results(rundir))
         before = _fresh_snapshot(rundir, info.devices, time.time() - _STATUS_PERIOD_S * 3)
         started = time.time()
-        _run_agents(info, m, Path(data).resolve(), shots, start, rate, encoders, timeout_s)
+        agents = run_agents(info, m, Path(data).resolve(), shots, start, rate, encoders,
+                            timeout_s, lead_s)
         records = _wait_decoded(rundir, m, gather_ids, skip, timeout_s)
+        wall_s = time.time() - started  # not counting the wait for fresh proxy status files
         after = _fresh_snapshot(rundir, info.devices, time.time() + 0.05)
         summaries[m] = summarize_mode(m, records, before, after)
-        summaries[m]["wall_s"] = time.time() - started
-        log.info("%s: %d gathers in %.1f s", m, len(records), summaries[m]["wall_s"])
+        summaries[m]["wall_s"] = wall_s
+        summaries[m]["agents"] = asdict(agents)
+        earlier = [r for r in _results(rundir)[:skip] if r["mode"] == _CENTRAL_MODE[m]]
+        key = {"data": str(Path(data).resolve()), "truth": info.truth, "mode": m}
+        summaries[m]["fidelity_cost"] = fidelity_cost(records, earlier,
+                                                      _paired_full(rundir, key))
+        _append_history(rundir, key, records)
+        log.info("%s: %d gathers (%d partial) in %.1f s", m, len(records),
+                 summaries[m]["partial"], summaries[m]["wall_s"])
     result = {"testbed": info.testbed, "topology": info.topology, "data": str(Path(data).resolve()),
               "shots": shots, "start": start, "rate": rate, "modes": summaries,
+              "dead_devices": sorted(dead_devices(rundir)),
               "raw_decoded": info.raw_checkpoint is not None, "truth": info.truth,
               "ratios": _ratios(summaries),
               "prediction": _predict(info.topology, modes, shots, summaries, seed)}
@@ -216,6 +268,32 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(text)
     return result
+
+
+def _append_history(rundir: Path, key: dict, records: list[dict]) -> None:
+    """One line in RUNDIR/replay-history.jsonl: this mode's gathers, partial or not, metrics."""
+    line = {**key, "unix_s": time.time(), "gathers": {
+        str(r["gather"]): {"partial": _is_partial(r), "present": r["present"],
+                           "metrics": r.get("metrics")} for r in records}}
+    with open(rundir / HISTORY_FILE, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def _paired_full(rundir: Path, key: dict) -> dict[int, dict]:
+    """gather -> metrics of the latest earlier full decode with the same data, truth, mode."""
+    path = rundir / HISTORY_FILE
+    out: dict[int, dict] = {}
+    if key["truth"] is None or not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a crash: skip it
+            continue
+        if all(entry.get(k) == v for k, v in key.items()):
+            out.update({int(g): r["metrics"] for g, r in entry["gathers"].items()
+                        if not r["partial"] and r["metrics"]})
+    return out
 
 
 def _ratios(summaries: dict[str, dict]) -> dict | None:
@@ -239,8 +317,8 @@ def _predict(topology_path: str, modes: tuple[str, ...], shots: int,
              summaries: dict[str, dict], seed: int) -> dict:
     """The SimPy model's run of the same topology, gather count and measured gather interval.
 
-    The model makes every device's gather available at the same instant; live agents start a
-    little apart, so live devices contend less for a shared medium than modelled.
+    The model makes every device's gather available at the same instant, as the live agents'
+    shared start does (in real time; as fast as possible their encode times still differ).
     """
     topology = load_topology(topology_path)
     measured = summaries[modes[0]]["capture_interval_s"]  # 5 s in real time (5 shots x 1 s)

@@ -232,7 +232,8 @@ def up(topology_path: Path, rundir: Path, *, checkpoint: Path = DEFAULT_CHECKPOI
                               device_ids=[d.number for d in topology.devices])
     logs = rundir / "logs"
     logs.mkdir(exist_ok=True)
-    for stale in [rundir / "central-status.json", *rundir.glob("proxy-*.json")]:
+    for stale in [rundir / "central-status.json", *rundir.glob("proxy-*.json"),
+                  rundir / "faults.json", rundir / "agents.json"]:  # a new testbed: no faults
         stale.unlink(missing_ok=True)
     if (rundir / "results.jsonl").is_file():  # a new central: keep the old results aside
         os.replace(rundir / "results.jsonl", rundir / f"results-{int(time.time())}.jsonl")
@@ -385,10 +386,14 @@ def prepare_compose_runtime(topology_path: Path, rundir: Path, port: int = 1883)
     """A broker runtime for docker-compose.yml: clients reach the broker as ``broker``.
 
     The compose file mounts RUNDIR at the same absolute path in every container (the
-    generated conf names absolute paths) and runs them as the host user.
+    generated conf names absolute paths) and runs them as the host user. The topology is
+    copied to RUNDIR/topology.yaml, the file the containers read (and the faults edit).
     """
+    topology_path = Path(topology_path).resolve()
     topology = load_topology(topology_path)
     runtime = prepare_runtime(Path(rundir), testbed=topology.testbed, port=port, host="broker",
                               bind_address="0.0.0.0",
                               device_ids=[d.number for d in topology.devices])
+    if topology_path != runtime.rundir / "topology.yaml":
+        shutil.copyfile(topology_path, runtime.rundir / "topology.yaml")
     return runtime.rundir

@@ -32,11 +32,25 @@ def testbed() -> None:
 @click.option("--truth", type=click.Path(path_type=Path), default=None,
               help="OpenFWI-layout dir with the true maps (central computes MAE/SSIM).")
 @click.option("--port", "broker_port", type=int, default=None,
-              help="Broker port (default: a free one).")
+              help="Broker port (default: a free one; docker: host port, default 1883).")
 @click.option("--timeout-s", default=90.0, show_default=True, type=float)
+@click.option("--runtime", type=click.Choice(["process", "docker"]), default="process",
+              show_default=True, help="Roles as processes, or as containers (Docker SDK).")
+@click.option("--no-build", is_flag=True,
+              help="docker: use the existing epic-device/epic-central images, do not build.")
 def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_port,
-               timeout_s) -> None:
+               timeout_s, runtime, no_build) -> None:
     """Start broker, link proxies and central; wait until they are healthy."""
+    if runtime == "docker":
+        from emulation import docker_runtime
+
+        state = docker_runtime.up(topology_path, rundir, build=not no_build,
+                                  broker_host_port=broker_port or docker_runtime.BROKER_PORT,
+                                  checkpoint=checkpoint, raw_checkpoint=raw_checkpoint,
+                                  truth=truth, timeout_s=timeout_s)
+        click.echo(f"testbed {state['testbed']} up in {state['rundir']} (docker network "
+                   f"{state['network']}): {', '.join(state['containers'])}")
+        return
     from emulation.testbed import DEFAULT_CHECKPOINT, up
 
     info = up(topology_path, rundir, checkpoint=checkpoint or DEFAULT_CHECKPOINT,
@@ -54,15 +68,19 @@ def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def testbed_status(rundir, as_json) -> None:
     """Roles (alive?), links, frames accepted/rejected and energy so far."""
+    from emulation import docker_runtime
     from emulation.testbed import status
 
-    state = status(rundir)
+    in_docker = (Path(rundir) / docker_runtime.STATE_FILE).is_file()
+    state = docker_runtime.status(rundir) if in_docker else status(rundir)
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
     click.echo(f"testbed {state['testbed']} in {state['rundir']}, broker {state['broker']}")
     for role, r in state["roles"].items():
-        click.echo(f"  {role:8s} pid {r['pid']:>7d}  {'alive' if r['alive'] else 'DEAD'}")
+        where = (f"container {r.get('container', '?')}" if in_docker
+                 else f"pid {r['pid']:>7d}")
+        click.echo(f"  {role:8s} {where}  {'alive' if r['alive'] else 'DEAD'}")
     frames = state["frames"] or {}
     click.echo(f"  frames accepted {frames.get('accepted', 0)}, rejected "
                f"{sum((frames.get('rejected') or {}).values())} {frames.get('rejected') or ''}"
@@ -81,11 +99,15 @@ def testbed_status(rundir, as_json) -> None:
               help="SIGTERM grace per role before SIGKILL.")
 def testbed_down(rundir, timeout_s) -> None:
     """Stop everything `up` started (by PID). Always safe to run."""
+    from emulation import docker_runtime
     from emulation.testbed import down
 
     stopped = down(rundir, timeout_s=timeout_s)
     click.echo(f"stopped {', '.join(f'{p.role} {p.pid}' for p in stopped)}" if stopped
-               else f"nothing running in {rundir}")
+               else f"no processes running in {rundir}")
+    if (Path(rundir) / docker_runtime.STATE_FILE).is_file():
+        removed = docker_runtime.down(rundir, timeout_s=timeout_s)
+        click.echo(f"removed containers {', '.join(removed) or 'none'}")
 
 
 @testbed.group("fault")
@@ -121,6 +143,31 @@ def fault_degrade_link(device_id, rundir, loss, bandwidth_bps, delay_s) -> None:
     click.echo(f"{device_id}: link degraded in {path}")
 
 
+@testbed_fault.command("kill-device")
+@click.argument("device_id")
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path))
+def fault_kill_device(device_id, rundir) -> None:
+    """Mark DEVICE_ID dead: SIGKILL its running agent; later replays do not start it."""
+    from emulation.faults import kill_device
+
+    pid = kill_device(rundir, device_id)
+    click.echo(f"{device_id}: dead ({f'agent pid {pid} killed' if pid else 'no agent running'}"
+               f"); central decodes without it at its deadline")
+
+
+@testbed_fault.command("restore-device")
+@click.argument("device_id")
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path))
+def fault_restore_device(device_id, rundir) -> None:
+    """Undo kill-device: the next replay starts DEVICE_ID's agent again."""
+    from emulation.faults import restore_device
+
+    was_dead = restore_device(rundir, device_id)
+    click.echo(f"{device_id}: restored" if was_dead else f"{device_id}: was not dead")
+
+
 @click.command("replay")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="OpenFWI-layout directory (real or synthesised).")
@@ -135,18 +182,26 @@ def fault_degrade_link(device_id, rundir, loss, bandwidth_bps, delay_s) -> None:
               type=click.Path(path_type=Path))
 @click.option("--timeout-s", default=300.0, show_default=True, type=float,
               help="Per mode: agents plus decoding.")
-def replay_cmd(data_dir, shots, start, mode, rate, json_out, rundir, timeout_s) -> None:
+@click.option("--start-lead-s", default=None, type=float,
+              help="Seconds from launching the agents to their shared start instant "
+                   "[default: 4].")
+def replay_cmd(data_dir, shots, start, mode, rate, json_out, rundir, timeout_s,
+               start_lead_s) -> None:
     """Replay gathers through the device agents over the running testbed; measure."""
     from emulation.replay import replay
+    from epic.report.testbed_report import partial_lines
 
+    lead = {} if start_lead_s is None else {"lead_s": start_lead_s}
     result = replay(rundir, data_dir, shots, mode, rate, json_out, start=start,
-                    timeout_s=timeout_s)
+                    timeout_s=timeout_s, **lead)
     for name, s in result["modes"].items():
         lat = s["capture_to_decode_s"]
         click.echo(f"{name:5s} {s['gathers']} gathers  capture->decode p50 "
                    f"{lat['p50'] * 1e3:8.1f} ms  p95 {lat['p95'] * 1e3:8.1f} ms  p99 "
                    f"{lat['p99'] * 1e3:8.1f} ms  {s['bytes_per_gather']:,.0f} B/gather  comm "
                    f"{s['comm_j']:.4f} J")
+        for line in partial_lines(s):
+            click.echo(f"      {line}")
     r = result["ratios"]
     if r:
         def fmt(value: float | None) -> str:

@@ -4,7 +4,8 @@
 RUNDIR/results.jsonl and RUNDIR/maps/, and writes to ``out_dir``:
 
 - ``report.md``: a table per mode (latency p50/p95/p99 and its breakdown, bytes per gather,
-  energy per device, MAE/SSIM), the ratios raw over EPIC beside the published 8.9x (latency)
+  energy per device, MAE/SSIM; partial decodes, the devices present and their fidelity cost
+  against full decodes, dead devices), the ratios raw over EPIC beside the published 8.9x (latency)
   and 33.8x (energy), and the SimPy model's prediction beside the live numbers;
 - ``maps.png`` (truth, EPIC, centralized, where available), ``latency.png`` (breakdown bars),
   ``energy.png`` (communication energy per device).
@@ -20,7 +21,8 @@ import numpy as np
 
 from epic.errors import InputError
 
-__all__ = ["PUBLISHED_ENERGY_RATIO", "PUBLISHED_LATENCY_RATIO", "write_report"]
+__all__ = ["PUBLISHED_ENERGY_RATIO", "PUBLISHED_LATENCY_RATIO", "partial_lines",
+           "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,46 @@ def _ms(value: float | None) -> str:
 
 def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}x"
+
+
+def _metrics(m: dict) -> str:
+    return f"MAE {m['mae']:.4f}, SSIM {m['ssim']:.4f}"
+
+
+def partial_lines(s: dict) -> list[str]:
+    """Plain-text lines on one mode summary's dead devices, partial decodes and their cost."""
+    agents = s.get("agents") or {}
+    lines = []
+    if agents.get("skipped_dead"):
+        lines.append(f"dead devices (kill-device), not started: "
+                     f"{', '.join(agents['skipped_dead'])}")
+    if agents.get("killed"):
+        lines.append(f"agents killed during the run (kill-device): {', '.join(agents['killed'])}")
+    for group in s.get("partial_sets") or []:
+        lines.append(f"partial: {len(group['gathers'])} of {s['gathers']} gathers decoded "
+                     f"without {', '.join(group['absent'])} (present: "
+                     f"{', '.join(group['present'])}; gathers "
+                     f"{', '.join(map(str, group['gathers']))})")
+    cost = s.get("fidelity_cost")
+    if cost is None:
+        if s.get("partial"):
+            lines.append("fidelity cost of the partial decodes: n/a (no map or no --truth)")
+        return lines
+    p, f = cost["partial"], cost["full"]
+    if f is None:
+        lines.append(f"fidelity of the {p['n']} partial decodes: {_metrics(p)}; no full "
+                     f"decode with metrics on this testbed to compare against")
+        return lines
+    against = {"same gathers, earlier replay": "full decodes of the same gathers by an "
+               "earlier replay", "this replay": "the full decodes of this replay (other "
+               "gathers)"}.get(cost["baseline"], "the full decodes earlier on this testbed "
+                                                 "(other gathers)")
+    d = cost["delta"]
+    lines.append(f"fidelity cost of the {p['n']} partial decodes against {against} (n={f['n']}, "
+                 f"gathers {', '.join(map(str, f['gathers']))}): MAE {p['mae']:.4f} vs "
+                 f"{f['mae']:.4f} ({d['mae']:+.4f}), SSIM {p['ssim']:.4f} vs {f['ssim']:.4f} "
+                 f"({d['ssim']:+.4f})")
+    return lines
 
 
 def _mode_table(s: dict) -> list[str]:
@@ -56,6 +98,10 @@ def _mode_table(s: dict) -> list[str]:
     fid = s.get("fidelity")
     lines += ["", ("Fidelity: " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in fid.items())
                    if fid else "Fidelity: n/a (no map or no --truth)"), ""]
+    faults = partial_lines(s)
+    if faults:
+        lines += ["Faults and partial decodes (central decoded at its deadline without the "
+                  "absent devices):", "", *(f"- {line}" for line in faults), ""]
     return lines
 
 

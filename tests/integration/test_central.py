@@ -207,6 +207,7 @@ def test_full_latent_gather_is_decoded_like_in_process(env: Env) -> None:
     finally:
         watcher.close()
     assert record["present"] == [f"device-{d}" for d in DEVICES] and record["absent"] == []
+    assert record["partial"] is False
     assert record["at_deadline"] is False and record["wait_s"] < DEADLINE_S
     assert record["decode_start_ns"] <= record["decode_end_ns"]
     for name, device in record["devices"].items():
@@ -236,6 +237,7 @@ def test_partial_gather_is_decoded_at_the_deadline(env: Env) -> None:
     record = env.central.wait_results([("latent", 1)], timeout_s=DEADLINE_S + 10)[("latent", 1)]
     assert time.monotonic() - sent_s >= DEADLINE_S - 0.5
     assert record["absent"] == ["device-3"] and "device-3" not in record["devices"]
+    assert record["partial"] is True and "device-3" not in record["present"]
     assert record["at_deadline"] is True and record["wait_s"] >= DEADLINE_S
     predicted = np.load(env.central.rundir / record["map"])
     np.testing.assert_allclose(predicted, reference_map(env, frames), rtol=0, atol=0.05)

@@ -1,0 +1,94 @@
+"""Print the fidelity table, robustness and rate-distortion as Markdown, from the job's JSON.
+
+    .venv/bin/python bench/fidelity_report.py --fidelity runs/fidelity --rd runs/rd
+
+Reads ``FIDELITY/<dataset>/row.json`` (``bench/fidelity_row.py``) and ``RD/<dataset>/rd.json``
+(``bench/rate_distortion.py``); prints what is there, in the registry's dataset order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from epic.data.openfwi import DATASETS
+
+COLUMNS = (("epic", "EPIC"), ("inversionnet", "InversionNet"), ("equal-fusion", "equal fusion"),
+           ("isolated", "isolated"))
+# OpenFWI's published InversionNet (MAE, SSIM), from a far larger budget. Only the figures we
+# could check are listed; the rest are left blank rather than quoted from memory.
+PUBLISHED = {"flatvel-a": (0.0131, 0.9895)}
+
+
+def _rows(root: Path) -> list[dict]:
+    rows = {p.parent.name: json.loads(p.read_text()) for p in root.glob("*/row.json")}
+    return [rows[name] for name in DATASETS if name in rows]
+
+
+def fidelity_table(rows: list[dict]) -> list[str]:
+    head = "| dataset | budget | " + " | ".join(f"{t} MAE / SSIM" for _, t in COLUMNS)
+    lines = [head + " | EPIC <= InversionNet MAE | published InversionNet MAE / SSIM |",
+             "|" + "---|" * (len(COLUMNS) + 4)]
+    wins = 0
+    for row in rows:
+        res = row["results"]
+        cells = []
+        best = min(res[m]["mae"] for m, _ in COLUMNS if m in res)
+        for m, _ in COLUMNS:
+            if m not in res:
+                cells.append("-")
+                continue
+            mae = f"{res[m]['mae']:.4f}"
+            cells.append(f"{'**' + mae + '**' if res[m]['mae'] == best else mae} / "
+                         f"{res[m]['ssim']:.3f}")
+        win = ("epic" in res and "inversionnet" in res
+               and res["epic"]["mae"] <= res["inversionnet"]["mae"])
+        wins += win
+        pub = PUBLISHED.get(row["dataset"])
+        budget = (f"{row['train_count']}/{row['test_count']}, {row['epochs']} ep, "
+                  f"{row.get('precision', 'fp32')}")
+        lines.append(f"| {row['dataset']} | {budget} | " + " | ".join(cells)
+                     + f" | {'yes' if win else 'no'} | "
+                     + (f"{pub[0]:.4f} / {pub[1]:.4f} |" if pub else "- |"))
+    lines += ["", f"EPIC at or below InversionNet's MAE on **{wins} of {len(rows)}** datasets."]
+    return lines
+
+
+def robustness_table(rows: list[dict]) -> list[str]:
+    lines = ["| dataset | EPIC MAE, 0 / 1 / 2 devices missing | equal fusion MAE, 0 / 1 / 2 |",
+             "|---|---|---|"]
+    for row in rows:
+        cells = []
+        for m in ("epic", "equal-fusion"):
+            rob = row["results"].get(m, {}).get("robustness")
+            cells.append(" / ".join(f"{rob[k]['mae']:.4f}" for k in ("0", "1", "2"))
+                         if rob else "-")
+        lines.append(f"| {row['dataset']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rd_table(root: Path) -> list[str]:
+    lines = ["| dataset | budget | " + " | ".join(
+        f"{b} B" for b in (56, 224, 896, 3584)) + " |", "|---|---|---|---|---|---|"]
+    for path in sorted(root.glob("*/rd.json")):
+        r = json.loads(path.read_text())
+        by = {p["latent_bytes"]: p for p in r["points"]}
+        cells = [f"{by[b]['mae']:.4f} / {by[b]['ssim']:.3f}" if b in by else "-"
+                 for b in (56, 224, 896, 3584)]
+        lines.append(f"| {r['dataset']} | {r['train_count']} gathers, {r['epochs']} ep, "
+                     f"{r['precision']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fidelity", type=Path, default=Path("runs/fidelity"))
+    p.add_argument("--rd", type=Path, default=Path("runs/rd"))
+    a = p.parse_args()
+    rows = _rows(a.fidelity)
+    print("\n".join([*fidelity_table(rows), "", *robustness_table(rows), "", *rd_table(a.rd)]))
+
+
+if __name__ == "__main__":
+    main()

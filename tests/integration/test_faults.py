@@ -1,0 +1,151 @@
+"""Device faults on the live testbed: kill-device, partial decodes and their fidelity cost,
+restore-device, and the agents' shared start instant.
+
+Real Mosquitto, link proxies, central and LiteRT device agents, over the fast dedicated links of
+``test_testbed``; ``epic`` commands through the real CLI entry point (``epic.cli.main``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from emulation import testbed
+from emulation.faults import kill_device, running_agents
+from emulation.replay import replay
+from epic.cli import main
+from epic.report.testbed_report import write_report
+from tests.integration.conftest import requires_mosquitto
+from tests.integration.test_testbed import _fast_topology
+
+pytestmark = [pytest.mark.integration, requires_mosquitto]
+
+DEVICES = [f"device-{i}" for i in range(1, 6)]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path):
+    path = tmp_path / "run"
+    yield path
+    testbed.down(path, timeout_s=5)  # whatever the test did, leave nothing running
+
+
+def _records(rundir: Path, gathers: range) -> list[dict]:
+    lines = (rundir / "results.jsonl").read_text().splitlines()
+    return sorted((r for r in map(json.loads, lines) if r["gather"] in gathers),
+                  key=lambda r: r["gather"])
+
+
+def _epic(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_kill_device_gives_flagged_partial_decodes_with_their_cost(tmp_path, run_dir,
+                                                                   tiny_dataset, capsys):
+    testbed.up(_fast_topology(tmp_path), run_dir, truth=tiny_dataset, timeout_s=90)
+    rd = str(run_dir)
+
+    # a full replay first: the baseline of the fidelity cost, and the shared start
+    full = replay(run_dir, tiny_dataset, 1, "epic", "max", timeout_s=60)["modes"]["epic"]
+    assert full["partial"] == 0 and full["agents"]["started"] == DEVICES
+    (first,) = _records(run_dir, range(1))
+    captures_ms = [d["capture_ns"] / 1e6 for d in first["devices"].values()]
+    assert max(captures_ms) - min(captures_ms) < 50, captures_ms  # measured ~1-3 ms
+    lags = full["agents"]["start_lag_s"]
+    assert set(lags) == set(DEVICES) and all(0 <= lag < 0.05 for lag in lags.values()), lags
+
+    code, out, err = _epic(capsys, "testbed", "fault", "kill-device", "device-9", "--dir", rd)
+    assert code == 2 and "device-9" in err and "device-1, device-2" in err, err
+    assert len(err.strip().splitlines()) == 1
+    code, out, _ = _epic(capsys, "testbed", "fault", "kill-device", "device-3", "--dir", rd)
+    assert code == 0 and "no agent running" in out, out
+    assert "device-3" in json.loads((run_dir / "faults.json").read_text())["dead"]
+
+    gathers = range(1, 4)
+    code, out, err = _epic(capsys, "replay", "--data", str(tiny_dataset), "--shots", "3",
+                           "--start", "1", "--mode", "epic", "--dir", rd)
+    assert code == 0, err
+    assert "without device-3" in out and "fidelity cost" in out, out
+    records = _records(run_dir, gathers)
+    assert [r["gather"] for r in records] == list(gathers)  # every gather decoded
+    present = [d for d in DEVICES if d != "device-3"]
+    for r in records:
+        assert r["partial"] and r["present"] == present and r["absent"] == ["device-3"], r
+        assert r["map"] and r["metrics"]
+    summary = json.loads((run_dir / "replay.json").read_text())
+    epic = summary["modes"]["epic"]
+    assert summary["dead_devices"] == ["device-3"]
+    assert epic["agents"]["skipped_dead"] == ["device-3"] and "device-3" not in epic["agents"][
+        "started"]
+    assert epic["partial"] == 3
+    assert epic["partial_sets"] == [{"present": present, "absent": ["device-3"],
+                                     "gathers": [1, 2, 3]}]
+    cost = epic["fidelity_cost"]
+    assert cost["baseline"] == "earlier on this testbed" and cost["full"]["gathers"] == [0]
+    assert cost["partial"]["n"] == 3
+    assert cost["delta"]["mae"] == pytest.approx(cost["partial"]["mae"] - cost["full"]["mae"])
+    text = write_report(run_dir, tmp_path / "report").read_text()
+    assert "without device-3" in text and "fidelity cost of the 3 partial decodes" in text
+
+    code, out, _ = _epic(capsys, "testbed", "fault", "restore-device", "device-3", "--dir", rd)
+    assert code == 0 and "restored" in out
+    back = replay(run_dir, tiny_dataset, 1, "epic", "max", start=4, timeout_s=60)
+    assert back["dead_devices"] == [] and back["modes"]["epic"]["partial"] == 0
+    (last,) = _records(run_dir, range(4, 5))
+    assert not last["partial"] and last["present"] == DEVICES
+
+    # a new testbed in the same run directory starts without faults; killing device-3 again
+    # and replaying gather 4 compares the partial decode with gather 4's full decode above
+    testbed.down(run_dir, timeout_s=5)
+    testbed.up(_fast_topology(tmp_path), run_dir, truth=tiny_dataset, timeout_s=90)
+    assert not (run_dir / "faults.json").exists()
+    kill_device(run_dir, "device-3")
+    again = replay(run_dir, tiny_dataset, 1, "epic", "max", start=4, timeout_s=60)
+    cost = again["modes"]["epic"]["fidelity_cost"]
+    assert cost["baseline"] == "same gathers, earlier replay", cost
+    assert cost["partial"]["gathers"] == cost["full"]["gathers"] == [4]
+    assert cost["full"]["mae"] == pytest.approx(last["metrics"]["mae"])
+
+
+def test_kill_device_during_a_realtime_replay(tmp_path, run_dir, tiny_dataset):
+    testbed.up(_fast_topology(tmp_path), run_dir, truth=tiny_dataset, timeout_s=90)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(
+        replay(run_dir, tiny_dataset, 2, "epic", "realtime", timeout_s=60)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while "device-2" not in running_agents(run_dir):
+        assert time.monotonic() < deadline and worker.is_alive(), "agents never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    pid = kill_device(run_dir, "device-2")  # before gather 0 is complete (T + 5 s)
+    assert pid is not None
+    worker.join(60)
+    assert not worker.is_alive() and result, "replay did not finish"
+    epic = result["modes"]["epic"]
+    assert epic["agents"]["killed"] == ["device-2"]
+    assert epic["gathers"] == 2 and epic["partial"] == 2
+    records = _records(run_dir, range(2))
+    for r in records:
+        assert r["absent"] == ["device-2"] and r["at_deadline"], r
+        # the shared start: every device's gather k ends at T + (k + 1) x 5 s
+        captures = {d["capture_ns"] for d in r["devices"].values()}
+        assert max(captures) - min(captures) < 1e6, captures
+    start_at = epic["agents"]["start_at_unix_s"]
+    assert records[0]["devices"]["device-1"]["capture_ns"] / 1e9 == pytest.approx(
+        start_at + 5.0, abs=1e-3)
+    assert epic["fidelity_cost"]["full"] is None  # nothing full on this testbed yet
+    assert epic["fidelity_cost"]["partial"]["n"] == 2
+
+
+def test_fault_commands_without_a_testbed_exit_2(tmp_path, capsys):
+    for command in ("kill-device", "restore-device"):
+        code, _, err = _epic(capsys, "testbed", "fault", command, "device-1", "--dir",
+                             str(tmp_path / "none"))
+        assert code == 2 and "no testbed" in err, err
