@@ -22,9 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --disable-pip-version-check -e '.[dev,export,docker]'
 	@touch $@
 
-# The main job: synthesise 10 shot-gathers from real FlatVel-A test maps (generated maps when
+# The main job: synthesise DEMO_SHOTS shot-gathers from real FlatVel-A test maps (generated maps when
 # ../shared/openfwi is absent), bring the process-mode testbed up (own Mosquitto, link proxies,
-# central), replay them in EPIC and raw mode over the same links, write the report, bring the
+# central), replay them in EPIC and raw mode over the same links (raw decoded centrally by the shipped
+# InversionNet), write the report, bring the
 # testbed down (also on failure), and print the virtual-time prediction for the same topology.
 DEMO_MAPS := $(if $(wildcard $(OPENFWI)/FlatVelA_test.zip),--maps $(OPENFWI)/FlatVelA_test.zip,)
 DEMO_SHOTS ?= 6
@@ -37,7 +38,7 @@ demo: setup
 	$(EPIC) testbed down --dir $(DEMO_DIR)/testbed
 	set -e; trap '$(EPIC) testbed down --dir $(DEMO_DIR)/testbed' EXIT; \
 	$(EPIC) testbed up --topology topology.yaml --dir $(DEMO_DIR)/testbed \
-		--truth $(DEMO_DIR)/flatvel-a; \
+		--truth $(DEMO_DIR)/flatvel-a --raw-checkpoint artifacts/inversionnet-flatvel-a.pt; \
 	$(EPIC) replay --data $(DEMO_DIR)/flatvel-a --shots $(DEMO_SHOTS) --mode both --rate realtime \
 		--dir $(DEMO_DIR)/testbed --json $(REPORT_DIR)/replay.json; \
 	$(EPIC) report $(DEMO_DIR)/testbed --out $(REPORT_DIR)
