@@ -24,9 +24,8 @@ $(VENV)/.installed: pyproject.toml
 
 # The main job: synthesise DEMO_SHOTS shot-gathers from real FlatVel-A test maps (generated maps when
 # ../shared/openfwi is absent), bring the process-mode testbed up (own Mosquitto, link proxies,
-# central), replay them in EPIC and raw mode over the same links (raw decoded centrally by the shipped
-# InversionNet), write the report, bring the
-# testbed down (also on failure), and print the virtual-time prediction for the same topology.
+# central), replay them in EPIC and raw mode over the same links (raw gathers decoded by the
+# shipped InversionNet), write the report, bring the testbed down (also on failure), and print the virtual-time prediction for the same topology.
 DEMO_MAPS := $(if $(wildcard $(OPENFWI)/FlatVelA_test.zip),--maps $(OPENFWI)/FlatVelA_test.zip,)
 DEMO_SHOTS ?= 6
 REPORT_DIR ?= reports/demo
