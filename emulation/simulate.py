@@ -5,7 +5,7 @@ once with EPIC frames and once with raw chunks, and returns latency percentiles,
 per device and the ratios raw over EPIC. ``sweep(...)`` repeats that over one parameter and
 writes a CSV table and a PNG plot.
 
-Frame sizes are an input (`FrameSizes`): the defaults below stand in until epic/wire.py gives
+Frame sizes are an input (`FrameSizes`): the defaults below stand in until `epic.wire` gives
 the real encoder's sizes.
 """
 

@@ -1,7 +1,7 @@
 """Live shaping against the model: real broker, real `python -m emulation.proxy`, real clients.
 
 Every latency is publish() -> the subscriber's callback, through the proxy and Mosquitto;
-the prediction is `NetworkModel` (emulation/network.py) for the same link and the same MQTT
+the prediction is `NetworkModel` (emulation/network/) for the same link and the same MQTT
 PUBLISH size. Tolerance: 10 % of the prediction (the machine is shared and busy; the
 proxy's own error is a few ms of event-loop lateness on a ~0.2-1.2 s frame).
 """
