@@ -55,6 +55,22 @@ def fidelity_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def ablation_table(rows: list[dict]) -> list[str]:
+    """EPIC against its variants, where a row trained them: MAE / RMSE / SSIM."""
+    variants = (("epic", "EPIC"), ("epic-noprior", "without the midpoint prior"),
+                ("epic-resize", "resize-conv head"))
+    lines = ["| dataset | " + " | ".join(t for _, t in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for row in rows:
+        res = row["results"]
+        if not any(m in res for m, _ in variants[1:]):
+            continue
+        lines.append(f"| {row['dataset']} | " + " | ".join(
+            f"{res[m]['mae']:.4f} / {res[m]['rmse']:.4f} / {res[m]['ssim']:.3f}" if m in res
+            else "-" for m, _ in variants) + " |")
+    return lines
+
+
 def robustness_table(rows: list[dict]) -> list[str]:
     lines = ["| dataset | EPIC MAE, 0 / 1 / 2 devices missing | equal fusion MAE, 0 / 1 / 2 |",
              "|---|---|---|"]
@@ -87,7 +103,7 @@ def main() -> None:
     p.add_argument("--rd", type=Path, default=Path("runs/rd"))
     a = p.parse_args()
     rows = _rows(a.fidelity)
-    print("\n".join([*fidelity_table(rows), "", *robustness_table(rows), "", *rd_table(a.rd)]))
+    print("\n".join([*fidelity_table(rows), "", *ablation_table(rows), "", *robustness_table(rows), "", *rd_table(a.rd)]))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ("epic", "inversionnet", "isolated", "equal-fusion", "epic-noprior")
+MODELS = ("epic", "inversionnet", "isolated", "equal-fusion", "epic-noprior", "epic-resize")
 ROBUSTNESS = ("epic", "equal-fusion")
 
 
@@ -52,8 +52,10 @@ def main() -> None:
             _run("data", "synth", "--dataset", a.dataset, "--count", str(count), "--seed",
                  str(seed), "--threads", str(a.threads), "--out", str(data / split),
                  "--no-progress", "--overwrite", *extra)
+    row_path = a.out / a.dataset / "row.json"  # a later run with other --models adds to it
+    old = json.loads(row_path.read_text())["results"] if row_path.is_file() else {}
     row = {"dataset": a.dataset, "train_count": a.train_count, "test_count": a.test_count,
-           "epochs": a.epochs, "batch": a.batch, "precision": a.precision, "results": {}}
+           "epochs": a.epochs, "batch": a.batch, "precision": a.precision, "results": old}
     for model in a.models.split(","):
         run = a.out / a.dataset / model
         started = time.monotonic()
@@ -78,7 +80,7 @@ def main() -> None:
         result["train_wall_s"] = last.get("wall_s")
         result["wall_s_this_job"] = round(time.monotonic() - started, 1)
         row["results"][model] = result
-        (a.out / a.dataset / "row.json").write_text(json.dumps(row, indent=2) + "\n")
+        row_path.write_text(json.dumps(row, indent=2) + "\n")
     print(json.dumps({m: {k: r[k] for k in ("mae", "rmse", "ssim")}
                       for m, r in row["results"].items()}, indent=2))
 

@@ -119,8 +119,8 @@ def data_plot(directory: Path, index: int, out_png: Path) -> None:
 
 
 @cli.command("train")
-@click.option("--model", required=True, help="Registry name: epic, epic-noprior, inversionnet, "
-              "isolated, equal-fusion.")
+@click.option("--model", required=True, help="Registry name: epic, epic-noprior, epic-resize, "
+              "inversionnet, isolated, equal-fusion.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--epochs", default=10, show_default=True, type=int)

@@ -13,7 +13,13 @@ the broker's last event-loop pass before a SIGKILL is lost if it was still only 
 (subscriber offline or its in-flight window full). To close that window, ``SessionClient``
 keeps the non-retained QoS 1 publishes acknowledged during the last ``replay_window_s``
 (default 2 s) and publishes them again after every reconnect; receivers drop the copies by
-their (device, gather, chunk) key.
+their (device, gather, chunk) key. A client that is about to exit calls ``flush`` first: it
+waits until every tracked publish is acknowledged and then until a marker published after those
+acknowledgements is acknowledged on the same connection; Mosquitto saves its database at the
+end of the event-loop pass that acknowledged the publishes, before it reads the marker, so
+after ``flush`` a SIGKILL loses none of them (counting PUBACKs is not enough: births, resends
+and replays are acknowledged too, and a client that exits before its replay window has passed
+cannot replay anything).
 """
 
 from __future__ import annotations
@@ -180,6 +186,39 @@ class SessionClient:
         if acked:
             log.info("%s: replayed %d recently acknowledged publishes",
                      self.settings.client_id, len(acked))
+
+    def unacked(self) -> int:
+        """Tracked publishes (QoS 1, not retained) the broker has not acknowledged yet.
+
+        Counts only with ``replay_window_s`` > 0 (otherwise nothing is tracked).
+        """
+        with self._sent_lock:
+            return sum(1 for e in self._sent if e[3] is None and e[0].mid not in self._acked_mids)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the broker has saved every tracked publish; False after ``timeout_s``.
+
+        Done once every tracked publish is acknowledged and then a marker (the retained
+        "online" on the status topic) is acknowledged with no reconnect in between (see the
+        module docstring); after a reconnect it starts over, once the replayed publishes are
+        acknowledged. Needs ``status_topic`` and ``replay_window_s`` > 0.
+        """
+        if self.status_topic is None or self.settings.replay_window_s <= 0:
+            raise ValueError("flush needs a status topic and replay_window_s > 0")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            connects = self.connects
+            if self.is_connected and self.unacked() == 0:
+                marker = self.client.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)
+                while time.monotonic() < deadline and self.connects == connects:
+                    try:
+                        if marker.is_published():
+                            return self.connects == connects and self.unacked() == 0
+                    except RuntimeError:  # queued while disconnected: sent after reconnecting
+                        break
+                    time.sleep(0.005)
+            time.sleep(0.02)
+        return False
 
     def wait_connected(self, timeout_s: float) -> bool:
         """True once connected (again) within ``timeout_s``."""

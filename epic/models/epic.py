@@ -59,10 +59,11 @@ class EPICModel(DistributedModel):
     prior for the ablation)."""
 
     def __init__(self, token_dim: int = 64, use_prior: bool = True, dim: int = 128,
-                 depth: int = 3, heads: int = 4, **kwargs):
+                 depth: int = 3, heads: int = 4, upsample: str = "transpose", **kwargs):
         super().__init__(token_dim=token_dim, **kwargs)
         self.decoder = CrossAttentionDecoder(token_dim=token_dim, dim=dim, heads=heads,
-                                             depth=depth, use_prior=use_prior)
+                                             depth=depth, use_prior=use_prior,
+                                             upsample=upsample)
 
     def decode(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """``tokens (B, n_dev, k, token_dim)`` + ``present (B, n_dev)`` -> ``(B, 1, 70, 70)``."""

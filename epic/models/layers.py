@@ -47,16 +47,27 @@ def fourier_features(x: torch.Tensor, n_freqs: int, scale: float) -> torch.Tenso
 class UpsamplingHead(nn.Module):
     """Feature grid ``(B, C, s, s)`` -> velocity map ``(B, 1, 70, 70)`` in [-1, 1].
 
-    Doubles the grid with transposed convolutions until it reaches at least 70, centre-crops
-    to 70 x 70 and ends in a tanh, like InversionNet's decoder.
+    Doubles the grid until it reaches at least 70, centre-crops to 70 x 70 and ends in a
+    tanh, like InversionNet's decoder. ``upsample="transpose"`` doubles with 4x4 stride-2
+    transposed convolutions (the shipped checkpoints); ``"resize"`` with nearest-neighbour
+    resizing followed by a 3x3 convolution, which cannot leave the checkerboard that
+    overlapping transposed-convolution kernels print at the coarse grid's period.
     """
 
-    def __init__(self, c_in: int, start_size: int, widths: tuple[int, ...] = (128, 64, 32)):
+    def __init__(self, c_in: int, start_size: int, widths: tuple[int, ...] = (128, 64, 32),
+                 upsample: str = "transpose"):
         super().__init__()
+        if upsample not in ("transpose", "resize"):
+            raise ValueError(f"UpsamplingHead: upsample must be transpose or resize, got "
+                             f"{upsample!r}")
         layers: list[nn.Module] = []
         size, c = start_size, c_in
         for width in widths:
-            layers += [conv_bn_act(c, width, 4, 2, 1, transpose=True), conv_bn_act(width, width)]
+            if upsample == "transpose":
+                layers.append(conv_bn_act(c, width, 4, 2, 1, transpose=True))
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv_bn_act(c, width)]
+            layers.append(conv_bn_act(width, width))
             size, c = size * 2, width
         if size < 70:
             raise ValueError(

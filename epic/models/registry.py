@@ -17,13 +17,15 @@ __all__ = ["DISTRIBUTED", "MODELS", "build_model"]
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "epic": EPICModel,
     "epic-noprior": partial(EPICModel, use_prior=False),
+    "epic-resize": partial(EPICModel, upsample="resize"),
     "inversionnet": InversionNet,
     "isolated": IsolatedModel,
     "equal-fusion": EqualFusionModel,
 }
-"""Every trainable model. ``epic-noprior`` is the ablation without the midpoint prior."""
+"""Every trainable model. ``epic-noprior`` is the ablation without the midpoint prior;
+``epic-resize`` is EPIC with a resize-convolution head instead of transposed convolutions."""
 
-DISTRIBUTED = frozenset({"epic", "epic-noprior", "isolated", "equal-fusion"})
+DISTRIBUTED = frozenset({"epic", "epic-noprior", "epic-resize", "isolated", "equal-fusion"})
 """Models whose devices send latents (and take ``token_dim``)."""
 
 
