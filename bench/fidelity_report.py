@@ -103,7 +103,8 @@ def main() -> None:
     p.add_argument("--rd", type=Path, default=Path("runs/rd"))
     a = p.parse_args()
     rows = _rows(a.fidelity)
-    print("\n".join([*fidelity_table(rows), "", *ablation_table(rows), "", *robustness_table(rows), "", *rd_table(a.rd)]))
+    parts = [fidelity_table(rows), ablation_table(rows), robustness_table(rows), rd_table(a.rd)]
+    print("\n\n".join("\n".join(p) for p in parts))
 
 
 if __name__ == "__main__":
