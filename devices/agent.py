@@ -203,13 +203,11 @@ class DeviceAgent:
         os.replace(tmp, path)
 
     def wait_acked(self, timeout_s: float) -> bool:
-        """Wait until the broker acknowledged every publish (QoS 1)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.client.acked >= self.stats.frames_published + 1:  # + the birth message
-                return True
-            time.sleep(0.02)
-        return False
+        """Wait until the broker acknowledged and saved every frame (QoS 1; see
+        ``SessionClient.flush``), so that exiting now loses none, even if the broker is
+        SIGKILLed next. Counting PUBACKs is not enough: births and replayed copies are
+        acknowledged too, so a count can be reached with a frame still unacknowledged."""
+        return self.client.flush(timeout_s)
 
     def close(self) -> None:
         self._write_stats()

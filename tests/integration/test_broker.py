@@ -226,6 +226,32 @@ def test_broker_restart_mid_stream_loses_nothing(broker: BrokerProcess, settings
         receiver.close()
 
 
+def test_flush_waits_for_every_publish_and_a_saved_marker(broker: BrokerProcess,
+                                                         settings_for) -> None:
+    """flush (what an agent does before it exits) is False while a frame is unacknowledged,
+    even though the PUBACK count (births included) exceeds the frames published."""
+    device = SessionClient(settings_for("device-1"), status_topic=topic_for(
+        TESTBED, 1, Channel.STATUS)).connect()
+    topic = topic_for(TESTBED, 1, Channel.LATENT)
+    try:
+        for k in range(3):
+            device.publish(topic, b"frame %d" % k)
+        assert device.flush(10.0) and device.unacked() == 0
+        broker.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while device.is_connected:  # paho notices the closed socket
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        device.publish(topic, b"published while the broker is down")
+        assert device.unacked() == 1 and device.acked > 4  # 3 frames, 1 birth, 1 marker
+        assert not device.flush(0.5)
+        broker.start()
+        assert device.flush(15.0) and device.unacked() == 0
+        assert device.connects == 2 and device.replayed == 3  # the recent frames, again
+    finally:
+        device.close()
+
+
 @pytest.mark.benchmark
 def test_benchmark_codec_rate_and_loopback_latency(broker: BrokerProcess, settings_for) -> None:
     """Frames/s through encode+decode, and publish -> received+decoded latency p50/p99."""

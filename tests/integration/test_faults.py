@@ -1,5 +1,6 @@
 """Device faults on the live testbed: kill-device, partial decodes and their fidelity cost,
-restore-device, and the agents' shared start instant.
+restore-device, the agents' shared start instant, and broker restarts (SIGKILL and SIGTERM)
+while the agents publish.
 
 Real Mosquitto, link proxies, central and LiteRT device agents, over the fast dedicated links of
 ``test_testbed``; ``epic`` commands through the real CLI entry point (``epic.cli.main``).
@@ -8,6 +9,7 @@ Real Mosquitto, link proxies, central and LiteRT device agents, over the fast de
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from emulation import testbed
-from emulation.faults import kill_device, running_agents
+from emulation.faults import kill_device, restart_broker, running_agents
 from emulation.replay import replay
 from epic.cli import main
 from epic.report.testbed_report import write_report
@@ -149,3 +151,79 @@ def test_fault_commands_without_a_testbed_exit_2(tmp_path, capsys):
         code, _, err = _epic(capsys, "testbed", "fault", command, "device-1", "--dir",
                              str(tmp_path / "none"))
         assert code == 2 and "no testbed" in err, err
+
+
+def _start_instant(rundir: Path, timeout_s: float = 30.0) -> float:
+    """The running replay's shared start T, from its agents' ``--start-at-unix-s`` argument."""
+    deadline = time.monotonic() + timeout_s
+    while len(agents := running_agents(rundir)) < len(DEVICES):
+        assert time.monotonic() < deadline, "the agents never started"
+        time.sleep(0.02)
+    args = Path(f"/proc/{agents['device-1'].pid}/cmdline").read_bytes().decode().split("\0")
+    return float(args[args.index("--start-at-unix-s") + 1])
+
+
+def _central_status_after(rundir: Path, unix_s: float, timeout_s: float = 10.0) -> dict:
+    """central-status.json once central rewrote it after ``unix_s`` (it does every second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = json.loads((rundir / "central-status.json").read_text())
+        if status["updated_ns"] / 1e9 > unix_s:
+            return status
+        assert time.monotonic() < deadline, "central-status.json is not being rewritten"
+        time.sleep(0.1)
+
+
+def test_broker_restarts_during_a_replay_lose_no_frame(tmp_path, run_dir, tiny_dataset,
+                                                         capsys):
+    """SIGKILL the broker as gather 0 is published, SIGTERM it at gather 1, SIGKILL it (CLI)
+    at gather 2, the last: every frame an agent published reaches central, once."""
+    testbed.up(_fast_topology(tmp_path), run_dir, timeout_s=90)
+    shots, rd = 3, str(run_dir)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = replay(run_dir, tiny_dataset, shots, "epic", "realtime",
+                                       timeout_s=60)
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    start_at = _start_instant(run_dir)
+    offset_s = float(os.environ.get("EPIC_TEST_RESTART_OFFSET_S", "0.002"))
+    pids = []
+    for k in range(shots):  # in real time every agent publishes gather k at T + (k + 1) x 5 s
+        time.sleep(max(start_at + 5.0 * (k + 1) + offset_s - time.time(), 0))
+        if k == 0:
+            pids.append(restart_broker(run_dir, hard=True))
+        else:
+            hard = ["--hard"] if k == 2 else []
+            code, out, err = _epic(capsys, "testbed", "fault", "restart-broker", *hard,
+                                   "--dir", rd)
+            assert code == 0, err
+            assert f"broker restarted ({'hard' if hard else 'soft'}): pid " in out, out
+            pids.append(int(out.split("pid")[-1]))
+    broker = next(p for p in testbed.load_info(run_dir).processes if p.role == "broker")
+    assert broker.pid == pids[-1] and len(set(pids)) == shots and testbed.is_alive(broker)
+    worker.join(90)
+    assert not worker.is_alive(), "replay did not finish"
+    assert "error" not in outcome, outcome.get("error")
+    ended = time.time()
+
+    published = {d: json.loads((run_dir / f"agent-{d}.json").read_text()) for d in DEVICES}
+    for stats in published.values():
+        assert stats["gathers_published"] == stats["frames_published"] == shots, stats
+    records = _records(run_dir, range(shots))
+    assert [r["gather"] for r in records] == list(range(shots))  # each decoded once
+    missing = [(r["gather"], d) for r in records for d in (*r["absent"], *r["incomplete"])]
+    present = sum(len(r["present"]) for r in records)
+    assert present + len(missing) == shots * len(DEVICES)
+    frames = _central_status_after(run_dir, ended + 1.0)["frames"]
+    rejected = frames["rejected"]
+    assert set(rejected) <= {"duplicate", "late"}, rejected  # copies replayed after reconnects
+    assert frames["accepted"] == present  # every frame central kept is in a decoded gather
+    # a frame that came after its gather's deadline is counted late, never silently dropped
+    assert rejected.get("late", 0) >= len(missing), (missing, frames)
+    assert outcome["result"]["modes"]["epic"]["gathers"] == shots
