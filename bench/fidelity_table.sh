@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole fidelity study, one resumable job: every row of the table, the robustness
 # evaluations and the rate-distortion points. Each step skips what is already in runs/.
-#   bash bench/fidelity_table.sh        # ~2 h on the 2-core development machine
+#   bash bench/fidelity_table.sh        # ~1.5 h on the 2-core development machine
 # Every model of a row gets the same gathers, epochs (5), batch (16), seed and bf16 autocast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +27,8 @@ for ds in flatvel-a curvevel-a; do
 done
 $PY bench/rate_distortion.py --plot docs/img/rate-distortion.png
 
-# The eight generator families: 400 / 100 gathers.
+# The eight generator families: 300 / 100 gathers.
 for ds in flatvel-b curvevel-b flatfault-a flatfault-b curvefault-a curvefault-b style-a style-b; do
-    $PY bench/fidelity_row.py "$ds" --train-count 400 --test-count 100 --epochs 5 \
+    $PY bench/fidelity_row.py "$ds" --train-count 300 --test-count 100 --epochs 5 \
         --precision bf16 --models $ALL
 done
