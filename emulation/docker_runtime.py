@@ -42,7 +42,7 @@ from emulation.docker_specs import (
     RESIDENT,
     container_specs,
 )
-from emulation.testbed import is_alive, load_info, prepare_compose_runtime
+from emulation.testbed import REPO, is_alive, load_info, prepare_compose_runtime
 from epic.errors import InputError
 from epic.topology import load_topology
 
@@ -58,7 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 STATE_FILE = "docker.json"
 _NO_ENGINE_HINT = "run without --runtime docker to use processes"
 
