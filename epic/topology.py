@@ -13,6 +13,7 @@ profile of kind ``dedicated`` gives every device that names it its own copy of t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -48,8 +49,10 @@ __all__ = [
     "StateEnergy",
     "Topology",
     "TopologyError",
+    "check_model_slots",
     "json_schema_text",
     "load_topology",
+    "model_slot_problems",
     "parse_topology",
     "reload_topology",
     "write_json_schema",
@@ -194,7 +197,7 @@ class DeviceSpec(_Model):
     @classmethod
     def _non_empty(cls, value: tuple[int, int]) -> tuple[int, int]:
         if value[1] <= value[0]:
-            raise ValueError(f"stop must be > start, got [{value[0]}, {value[1]}]")
+            raise _FieldError((), f"stop must be > start, got [{value[0]}, {value[1]}]")
         return value
 
 
@@ -202,7 +205,9 @@ class Topology(_Model):
     """A whole testbed: broker, central, link profiles and devices (ids unique, receivers
     disjoint, every link name defined)."""
 
-    testbed: str = Field(min_length=1)
+    testbed: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                         description="1-64 of [A-Za-z0-9_.-], starting with a letter or digit: "
+                                     "the topic level `epic/<testbed>/...`")
     broker: BrokerSpec = BrokerSpec()
     central: CentralSpec
     links: dict[str, LinkSpec] = Field(min_length=1)
@@ -304,6 +309,9 @@ def _reason(error: dict[str, Any]) -> tuple[tuple, str]:
         return (), f"must be {op} {ctx[key]:g}, got {_short(value)}"
     if kind == "extra_forbidden":
         return (), "unknown key"
+    if kind == "string_pattern_mismatch" and tuple(error["loc"]) == ("testbed",):
+        return (), f"must be 1-64 characters of [A-Za-z0-9_.-] starting with a letter or " \
+                   f"digit (it is an MQTT topic level), got {_short(value)}"
     if kind == "missing":
         return (), "required field is missing"
     if kind == "literal_error":
@@ -369,6 +377,56 @@ def load_topology(path: str | Path) -> Topology:
     except OSError as exc:
         raise TopologyError((Problem(str(path), 0, "", f"cannot read: {exc.strerror}"),)) from exc
     return parse_topology(text, str(path))
+
+
+def model_slot_problems(topology: Topology, *, n_devices: int, rx_per_device: int,
+                        model: str, source: str = "<string>",
+                        text: str | None = None) -> tuple[Problem, ...]:
+    """The devices whose receivers are not one slot of a distributed model.
+
+    A model of ``n_devices`` slots of ``rx_per_device`` receivers takes a device's latent
+    only if its receivers are exactly ``[s * k, (s + 1) * k)`` for a slot ``s < n_devices``
+    (what central's ``LatentDecoder`` requires). ``text`` (the YAML the topology came from)
+    gives each problem its line; ``model`` names the model in the reason.
+    """
+    k = rx_per_device
+    root = None
+    if text is not None:
+        with contextlib.suppress(yaml.YAMLError):
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+    slots = ", ".join(f"[{s * k}, {(s + 1) * k})" for s in range(min(n_devices, 3)))
+    slots += f", ..., [{(n_devices - 1) * k}, {n_devices * k})" if n_devices > 3 else ""
+    problems = []
+    for i, device in enumerate(topology.devices):
+        first, stop = device.receivers
+        if first % k == 0 and stop - first == k and first // k < n_devices:
+            continue
+        line, path = _locate(root, ("devices", i, "receivers"))
+        problems.append(Problem(source, line, _format_path(path),
+                                f"not one of the {n_devices} slots of {k} receivers of {model} "
+                                f"({slots}), got [{first}, {stop}]"))
+    return tuple(problems)
+
+
+def check_model_slots(path: str | Path, topology: Topology, *, n_devices: int,
+                      rx_per_device: int, model: str) -> None:
+    """Raise `TopologyError` (``FILE:LINE: devices[i].receivers: ...``) naming the first
+    device of ``topology`` (loaded from ``path``) that is not one slot of the model; see
+    `model_slot_problems`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        text = None
+    problems = model_slot_problems(topology, n_devices=n_devices, rx_per_device=rx_per_device,
+                                   model=model, source=str(path), text=text)
+    if problems:
+        first = problems[0]
+        more = len(problems) - 1
+        if more:
+            first = Problem(first.source, first.line, first.path,
+                            f"{first.reason} (and {more} more device{'s' * (more > 1)})")
+        raise TopologyError((first,))
 
 
 @dataclass(frozen=True)

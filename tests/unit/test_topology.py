@@ -14,8 +14,10 @@ from epic.topology import (
     PresetEnergy,
     Topology,
     TopologyError,
+    check_model_slots,
     json_schema_text,
     load_topology,
+    model_slot_problems,
     parse_topology,
     reload_topology,
 )
@@ -82,6 +84,8 @@ def test_default_topology_is_the_5_device_testbed() -> None:
     ("    delay_s: 0.002\n", "", ":6: links.wifi.delay_s:", "required field is missing"),
     ("receivers: [0, 14]", "receivers: [14, 0]", ":13: devices[0].receivers:",
      "stop must be > start"),
+    ("testbed: t", "testbed: epic/5", ":1: testbed:", "got 'epic/5'"),
+    ("testbed: t", "testbed: '-t'", ":1: testbed:", "MQTT topic level"),
     ("tx_w: 1.0", "tx_w: -1.0", ":19: devices[1].energy.tx_w:", "must be >= 0"),
     ("    loss: 0.01", "    loss: 0.01\n    loss: 0.02", ":11: links.wifi.loss:",
      "duplicate key"),
@@ -97,6 +101,31 @@ def test_errors_name_file_line_path_and_reason(tmp_path: Path, old: str, new: st
     assert isinstance(info.value, InputError)
     assert f"{path}{where}" in message, message
     assert reason in message, message
+
+
+def test_reversed_receivers_are_named_once() -> None:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(BASE.replace("receivers: [0, 14]", "receivers: [14, 0]"), "x.yaml")
+    assert str(info.value) == "x.yaml:13: devices[0].receivers: stop must be > start, got [14, 0]"
+
+
+def test_receivers_are_checked_against_the_model_slots(tmp_path: Path) -> None:
+    topo = parse_topology(BASE)
+    assert model_slot_problems(topo, n_devices=5, rx_per_device=14, model="m") == ()
+    for receivers, line in (("[56, 84]", 17), ("[56, 66]", 17), ("[70, 84]", 17)):
+        text = BASE.replace("receivers: [14, 28]", f"receivers: {receivers}")
+        path = tmp_path / "topology.yaml"
+        path.write_text(text)
+        topo = load_topology(path)  # any disjoint layout is a valid topology
+        problems = model_slot_problems(topo, n_devices=5, rx_per_device=14, model="m",
+                                       source=str(path), text=text)
+        assert [(p.line, p.path) for p in problems] == [(line, "devices[1].receivers")]
+        with pytest.raises(TopologyError) as info:
+            check_model_slots(path, topo, n_devices=5, rx_per_device=14, model="ckpt.pt")
+        message = str(info.value)
+        assert message.startswith(f"{path}:{line}: devices[1].receivers: not one of the 5 "
+                                  f"slots of 14 receivers of ckpt.pt"), message
+        assert message.endswith(f"got {receivers}") and "\n" not in message, message
 
 
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
