@@ -42,7 +42,7 @@ from pathlib import Path
 
 from epic.broker import free_port, prepare_runtime
 from epic.errors import InputError
-from epic.topology import load_topology
+from epic.topology import Topology, check_model_slots, load_topology
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
@@ -50,6 +50,7 @@ __all__ = [
     "TESTBED_FILE",
     "RoleProcess",
     "TestbedInfo",
+    "check_models",
     "down",
     "is_alive",
     "load_info",
@@ -206,7 +207,11 @@ def up(topology_path: Path, rundir: Path, *, checkpoint: Path = DEFAULT_CHECKPOI
         timeout_s: health wait, seconds.
 
     Raises InputError (nothing left running) if a testbed already runs in ``rundir``, the port
-    is taken, mosquitto or an input file is missing, or a role fails to become healthy.
+    is taken, mosquitto or an input file is missing, a checkpoint is unreadable, a device's
+    receivers are not one of the latent model's slots (`check_models`; these are checked
+    before anything is written or started), or a role fails to become healthy. A failed
+    ``up`` stops what it started and removes what it wrote: a run dir it created is removed,
+    and in an existing one only what it added (and its testbed.json) goes.
     """
     topology_path, rundir = Path(topology_path).resolve(), Path(rundir).resolve()
     topology = load_topology(topology_path)
@@ -226,6 +231,27 @@ def up(topology_path: Path, rundir: Path, *, checkpoint: Path = DEFAULT_CHECKPOI
                          f"(apt install mosquitto)")
     if broker_port is not None and not _port_free(host, broker_port):
         raise InputError(f"broker port {host}:{broker_port} is already in use")
+    check_models(topology_path, topology, checkpoint, raw_checkpoint)
+    created = not rundir.exists()
+    before = set() if created else {p.name for p in rundir.iterdir()}
+    started: list[tuple[subprocess.Popen, RoleProcess]] = []
+    kept_results: list[Path] = []
+    try:
+        return _start(topology_path, topology, rundir, checkpoint, raw_checkpoint, truth,
+                      broker_port, host, mosquitto, timeout_s, started, kept_results)
+    except BaseException:
+        _stop(reversed([p for _, p in started]), timeout_s=15.0)
+        _remove_partial(rundir, created, before, kept_results, keep=topology_path)
+        raise
+
+
+def _start(topology_path: Path, topology: Topology, rundir: Path, checkpoint: Path,
+           raw_checkpoint: Path | None, truth: Path | None, broker_port: int | None,
+           host: str, mosquitto: str, timeout_s: float,
+           started: list[tuple[subprocess.Popen, RoleProcess]],
+           kept_results: list[Path]) -> TestbedInfo:
+    """`up` once its inputs are checked; appends to ``started`` and ``kept_results`` (an
+    earlier results.jsonl moved aside) as it goes, so that `up` can undo a failure."""
     port = broker_port or free_port(host)
     devices = tuple(d.id for d in topology.devices)
     runtime = prepare_runtime(rundir, testbed=topology.testbed, host=host, port=port,
@@ -236,7 +262,8 @@ def up(topology_path: Path, rundir: Path, *, checkpoint: Path = DEFAULT_CHECKPOI
                   rundir / "faults.json", rundir / "agents.json"]:  # a new testbed: no faults
         stale.unlink(missing_ok=True)
     if (rundir / "results.jsonl").is_file():  # a new central: keep the old results aside
-        os.replace(rundir / "results.jsonl", rundir / f"results-{int(time.time())}.jsonl")
+        kept_results.append(rundir / f"results-{int(time.time())}.jsonl")
+        os.replace(rundir / "results.jsonl", kept_results[0])
     if topology_path != rundir / "topology.yaml":  # the roles watch a copy: faults edit it
         shutil.copyfile(topology_path, rundir / "topology.yaml")
         topology_path = rundir / "topology.yaml"
@@ -255,30 +282,71 @@ def up(topology_path: Path, rundir: Path, *, checkpoint: Path = DEFAULT_CHECKPOI
                     "--listen-host", host, "--listen-port", str(proxy_base)],
         "central": central_args,
     }
-    started: list[tuple[subprocess.Popen, RoleProcess]] = []
     info = TestbedInfo(str(rundir), str(topology_path), topology.testbed, host, port,
                        proxy_base, devices, str(Path(checkpoint).resolve()),
                        str(Path(raw_checkpoint).resolve()) if raw_checkpoint else None,
                        str(Path(truth).resolve()) if truth else None, (), time.time())
-    try:
-        for role in ROLES:
-            started.append(spawn_role(role, commands[role], logs))
-            info = TestbedInfo(**{**asdict(info), "devices": devices,
-                                  "processes": tuple(p for _, p in started)})
-            write_info(info)  # written at once, so `down` can stop a half-started testbed
-            if role == "broker":
-                _wait(lambda: _accepts(host, port), started, timeout_s, "broker accepting")
-        _wait(lambda: _healthy(rundir, devices), started, timeout_s,
-              "central connected and proxy status files")
-    except BaseException:
-        down(rundir)
-        raise
+    for role in ROLES:
+        started.append(spawn_role(role, commands[role], logs))
+        info = TestbedInfo(**{**asdict(info), "devices": devices,
+                              "processes": tuple(p for _, p in started)})
+        write_info(info)  # written at once, so `down` can stop a half-started testbed
+        if role == "broker":
+            _wait(lambda: _accepts(host, port), started, timeout_s, "broker accepting")
+    _wait(lambda: _healthy(rundir, devices), started, timeout_s,
+          "central connected and proxy status files")
     info = TestbedInfo(**{**asdict(info), "devices": devices, "started_unix_s": time.time(),
                           "processes": tuple(p for _, p in started)})
     write_info(info)
     log.info("testbed %s up in %s: broker :%d, proxies :%d..", info.testbed, rundir, port,
              proxy_base)
     return info
+
+
+def check_models(topology_path: Path, topology: Topology, checkpoint: Path,
+                 raw_checkpoint: Path | None = None) -> None:
+    """Load central's checkpoints as central will, and check that every device's receivers
+    are one of the latent model's slots, before anything starts.
+
+    Raises `DataError` for an unreadable checkpoint, InputError for a model that takes no
+    latents (or a raw checkpoint that is not InversionNet), and `TopologyError`
+    (``FILE:LINE: devices[i].receivers: ...``) for receivers the model cannot place.
+    """
+    from epic.models.checkpoint import load_checkpoint  # torch: only once the cheap checks pass
+    from epic.models.registry import DISTRIBUTED
+
+    model, ckpt = load_checkpoint(checkpoint)
+    if ckpt["model"] not in DISTRIBUTED:
+        raise InputError(f"{checkpoint}: model {ckpt['model']!r} takes no latents; expected "
+                         f"one of {sorted(DISTRIBUTED)}")
+    check_model_slots(topology_path, topology, n_devices=model.n_devices,
+                      rx_per_device=model.rx_per_device, model=Path(checkpoint).name)
+    if raw_checkpoint is not None:
+        load_checkpoint(raw_checkpoint, expected_model="inversionnet")
+
+
+def _remove_partial(rundir: Path, created: bool, before: set[str], kept_results: list[Path],
+                    keep: Path) -> None:
+    """Undo a failed `up` in ``rundir`` (its processes stopped): remove the run dir if `up`
+    created it, else what `up` added (testbed.json and the roles' status files included),
+    and put an earlier results.jsonl back. ``keep`` (the user's topology file) is kept."""
+    if not rundir.is_dir():
+        return
+    if created and not keep.is_relative_to(rundir):
+        shutil.rmtree(rundir, ignore_errors=True)
+        return
+    if kept_results and kept_results[0].is_file():
+        os.replace(kept_results[0], rundir / "results.jsonl")
+    ours = {TESTBED_FILE, f".{TESTBED_FILE}.tmp", "central-status.json"}
+    for entry in rundir.iterdir():
+        status = entry.name.startswith("proxy-") and entry.suffix == ".json"
+        if entry == keep or (entry.name in before and entry.name not in ours and not status):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    log.info("removed what the failed up wrote in %s", rundir)
 
 
 def write_info(info: TestbedInfo) -> None:
@@ -311,9 +379,10 @@ def _wait(ready, started: list[tuple[subprocess.Popen, RoleProcess]], timeout_s:
             if proc.poll() is not None:
                 raise InputError(f"{role.role} exited with {proc.returncode} while waiting "
                                  f"for {what}: {_tail(role.log)}")
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline:  # the logs go with the failed run dir: quote them
+            tails = "; ".join(f"{role.role}: {_tail(role.log, 2)}" for _, role in started)
             raise InputError(f"testbed not healthy after {timeout_s:.0f} s (waiting for "
-                             f"{what}); see the logs in {Path(started[0][1].log).parent}")
+                             f"{what}); last log lines: {tails}")
         time.sleep(0.2)
 
 
@@ -326,7 +395,12 @@ def down(rundir: Path, timeout_s: float = 15.0) -> list[RoleProcess]:
     info = load_info(Path(rundir)) if Path(rundir).exists() else None
     if info is None:
         return []
-    running = [p for p in reversed(info.processes) if is_alive(p)]
+    return _stop(reversed(info.processes), timeout_s)
+
+
+def _stop(processes, timeout_s: float) -> list[RoleProcess]:
+    """SIGTERM each live process in turn, SIGKILL after ``timeout_s``; return those that ran."""
+    running = [p for p in processes if is_alive(p)]
     for proc in running:
         _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s

@@ -37,6 +37,18 @@ def save_checkpoint(path: str | Path, model: nn.Module, name: str, config: dict,
     return path
 
 
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """The gist of torch's (often multi-paragraph) load error, on one line."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # skip the weights_only preamble: the cause follows
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    empty = "the file ends too early" if isinstance(exc, EOFError) else "no detail"
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), empty)
+    if len(line) > limit and ". " in line[:limit]:  # keep whole sentences
+        return line[: line.rindex(". ", 0, limit) + 1]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def load_checkpoint(path: str | Path, expected_model: str | None = None
                     ) -> tuple[nn.Module, dict]:
     """Rebuild the model of a checkpoint; return ``(model in eval mode, checkpoint dict)``.
@@ -51,8 +63,8 @@ def load_checkpoint(path: str | Path, expected_model: str | None = None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})"
-                        ) from None
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                        f"{_one_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DataError(f"{path}: not an EPIC checkpoint (expected format {FORMAT!r})")
     if expected_model is not None and ckpt["model"] != expected_model:

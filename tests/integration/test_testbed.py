@@ -131,15 +131,72 @@ def test_up_refuses_a_taken_port_and_a_missing_mosquitto(tmp_path, rundir):
     assert not (rundir / "testbed.json").exists()  # nothing was started
 
 
-def test_a_failing_role_is_reported_and_cleaned_up(tmp_path, rundir):
-    bad = tmp_path / "not-a-checkpoint.pt"
-    bad.write_text("no")
-    started = time.monotonic()
+def _epic_cli(capsys, *args: str) -> tuple[int, str]:
+    """``epic ARGS`` in-process: (exit status, stderr)."""
+    from epic.cli import main
+
+    status = main(list(args))
+    return status, capsys.readouterr().err
+
+
+def test_a_failing_role_is_reported_and_everything_it_wrote_removed(tmp_path, rundir,
+                                                                    monkeypatch):
+    empty_truth = tmp_path / "truth"  # exists, but holds no shards: central exits at start
+    empty_truth.mkdir()
+    spawned: list[testbed.RoleProcess] = []
+    spawn = testbed.spawn_role
+
+    def recording_spawn(*args, **kwargs):
+        proc, role = spawn(*args, **kwargs)
+        spawned.append(role)
+        return proc, role
+
+    monkeypatch.setattr(testbed, "spawn_role", recording_spawn)
     with pytest.raises(InputError, match="central exited"):
-        testbed.up(_fast_topology(tmp_path), rundir, checkpoint=bad, timeout_s=60)
-    assert time.monotonic() - started < 60
-    info = testbed.load_info(rundir)
-    assert info is not None and not any(testbed.is_alive(p) for p in info.processes)
+        testbed.up(_fast_topology(tmp_path), rundir, truth=empty_truth, timeout_s=60)
+    assert [p.role for p in spawned] == ["broker", "proxies", "central"]
+    assert not any(testbed.is_alive(p) for p in spawned)  # stopped what it started
+    assert not rundir.exists()  # and removed the run dir it made
+
+    rundir.mkdir()  # a directory of the user's: only what up added goes
+    (rundir / "notes.txt").write_text("mine")
+    (rundir / "results.jsonl").write_text("{}\n")
+    with pytest.raises(InputError, match="central exited"):
+        testbed.up(_fast_topology(tmp_path), rundir, truth=empty_truth, timeout_s=60)
+    assert sorted(p.name for p in rundir.iterdir()) == ["notes.txt", "results.jsonl"]
+    assert (rundir / "results.jsonl").read_text() == "{}\n"
+    assert not any(testbed.is_alive(p) for p in spawned)
+
+
+@pytest.mark.parametrize("receivers", ["[56, 84]", "[56, 66]"])
+def test_up_refuses_receivers_the_model_cannot_place_before_starting(tmp_path, rundir, capsys,
+                                                                     receivers):
+    topology = _fast_topology(tmp_path)
+    text = topology.read_text()
+    assert text.count("receivers: [56, 70]") == 1
+    topology.write_text(text.replace("receivers: [56, 70]", f"receivers: {receivers}"))
+    line = 1 + text[: text.index("receivers: [56, 70]")].count("\n")
+    status, err = _epic_cli(capsys, "testbed", "up", "--topology", str(topology), "--dir",
+                            str(rundir), "--timeout-s", "60")
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"epic: error: {topology}:{line}: devices[4].receivers: not one of "
+                          f"the 5 slots of 14 receivers"), err
+    assert f"got {receivers}" in err, err
+    assert not rundir.exists()  # nothing was written, so nothing was started
+    status, err = _epic_cli(capsys, "testbed", "status", "--dir", str(rundir))
+    assert status == 2 and "no testbed" in err, err
+
+
+def test_up_with_a_corrupt_checkpoint_leaves_no_testbed(tmp_path, rundir, capsys):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_text("no")
+    status, err = _epic_cli(capsys, "testbed", "up", "--topology", str(_fast_topology(tmp_path)),
+                            "--dir", str(rundir), "--checkpoint", str(bad))
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{bad}: not a readable checkpoint" in err, err
+    assert not rundir.exists()
+    status, err = _epic_cli(capsys, "testbed", "status", "--dir", str(rundir))
+    assert status == 2 and "no testbed" in err, err
 
 
 def test_broker_restart_and_a_degraded_link(tmp_path, rundir, tiny_dataset):
