@@ -1,5 +1,7 @@
 """The device-side encoder runtime: one int8 ``.tflite`` encoder, no torch.
 
+Used by the devices (``devices.runtime`` re-exports it) and by export parity checks.
+
 :class:`EncoderRuntime` loads an encoder written by ``epic export`` with LiteRT
 (``ai_edge_litert.interpreter``), or with ``tflite_runtime.interpreter`` where LiteRT is not
 installed, and turns one raw shot-gather of the device's receivers, ``(5, 1000, 14)`` float32
