@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from emulation.energy import DeviceEnergy
 from emulation.network import STAGES, Message, NetworkModel, Workload
 from epic.errors import InputError
-from epic.topology import Topology
+from epic.topology import Topology, model_slot_problems
 
 __all__ = [
     "MODES",
@@ -34,11 +35,14 @@ __all__ = [
     "ComputeTimes",
     "FrameSizes",
     "ModeSummary",
+    "ModelFit",
     "Percentiles",
     "Ratios",
     "SimulationResult",
     "SweepResult",
+    "check_sweep",
     "parse_sweep",
+    "shipped_model_fit",
     "simulate",
     "sweep",
     "wire_frame_sizes",
@@ -52,6 +56,10 @@ MODES: tuple[str, ...] = ("epic", "raw", "both")
 SWEEP_KEYS: tuple[str, ...] = ("bandwidth_bps", "loss", "latent_frame_bytes", "devices")
 
 _RAW_GATHER_BYTES = 5 * 1000 * 14 * 4  # (shots, samples, receivers) float32 = 280,000 bytes
+#: The encoder manifest of the shipped checkpoint: its slots (n_devices x rx_per_device) are
+#: the live testbed's, read without torch.
+SHIPPED_ENCODERS = (Path(__file__).resolve().parents[1] / "artifacts" / "encoders"
+                    / "epic-flatvel-a" / "manifest.json")
 
 
 @dataclass(frozen=True)
@@ -143,8 +151,52 @@ class Ratios:
 
 
 @dataclass(frozen=True)
+class ModelFit:
+    """Whether the topology could run on the shipped models (`epic testbed up` with the
+    shipped checkpoint): every device's receivers must be one of its slots. The simulation
+    itself models any receiver layout.
+
+    Attributes:
+        models: the checkpoint the slots are those of. slots: its ``n_devices`` and
+            ``rx_per_device``. fits: no problem. problems: one ``FILE:LINE: PATH: REASON``
+            per device that does not fit.
+    """
+
+    models: str
+    slots: dict[str, int]
+    fits: bool
+    problems: tuple[str, ...]
+
+
+def shipped_model_fit(topology: Topology, source: str | Path | None = None,
+                      manifest: Path = SHIPPED_ENCODERS) -> ModelFit | None:
+    """`ModelFit` of ``topology`` against the shipped models (slots from the encoder manifest,
+    no torch); ``source``, the topology file, gives the problems their lines. None when the
+    manifest cannot be read (the fit is then unknown)."""
+    try:
+        data = json.loads(Path(manifest).read_text())
+        n_devices, k = int(data["n_devices"]), int(data["rx_per_device"])
+        models = Path(data.get("source_checkpoint", {}).get("path") or manifest).name
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("cannot read the shipped models' slots from %s: %s", manifest, exc)
+        return None
+    text = None
+    if source is not None:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError:
+            pass
+    problems = model_slot_problems(topology, n_devices=n_devices, rx_per_device=k,
+                                   model=models, source=str(source or topology.testbed),
+                                   text=text)
+    return ModelFit(models, {"n_devices": n_devices, "rx_per_device": k}, not problems,
+                    tuple(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
 class SimulationResult:
-    """The result of `simulate`: one summary per mode, and the ratios when both ran."""
+    """The result of `simulate`: one summary per mode, the ratios when both ran, and whether
+    the topology could run on the shipped models (`ModelFit`; None if unknown)."""
 
     testbed: str
     seed: int
@@ -153,6 +205,7 @@ class SimulationResult:
     compute: ComputeTimes
     modes: tuple[ModeSummary, ...]
     ratios: Ratios | None
+    shipped_models: ModelFit | None = None
 
     def mode(self, name: str) -> ModeSummary:
         """The summary of mode ``name`` ("epic" or "raw")."""
@@ -253,7 +306,7 @@ def _run_mode(topology: Topology, mode: str, shots: int, seed: int, sizes: Frame
 
 def simulate(topology: Topology, mode: Mode = "both", shots: int = 100, seed: int = 0,
              frame_sizes: FrameSizes = FrameSizes(), compute: ComputeTimes = ComputeTimes(),
-             interval_s: float = 1.0) -> SimulationResult:
+             interval_s: float = 1.0, source: str | Path | None = None) -> SimulationResult:
     """Run ``shots`` shot-gathers through the topology in virtual time.
 
     Args:
@@ -264,6 +317,7 @@ def simulate(topology: Topology, mode: Mode = "both", shots: int = 100, seed: in
         frame_sizes: message sizes per mode, bytes.
         compute: compute times per message on the reference CPU, seconds.
         interval_s: time between shot-gathers, seconds (1 s: 1000 samples at 1 kHz).
+        source: the topology's file, for the lines in ``shipped_models`` problems.
 
     Raises `InputError` for a bad mode or count.
     """
@@ -284,7 +338,7 @@ def simulate(topology: Topology, mode: Mode = "both", shots: int = 100, seed: in
             energy_comm=r.comm_j / e.comm_j if e.comm_j else float("nan"),
             bytes=r.uplink_bytes / e.uplink_bytes)
     return SimulationResult(topology.testbed, seed, shots, frame_sizes, compute, summaries,
-                            ratios)
+                            ratios, shipped_model_fit(topology, source))
 
 
 def parse_sweep(text: str) -> tuple[str, tuple[float, ...]]:
@@ -306,8 +360,16 @@ def parse_sweep(text: str) -> tuple[str, tuple[float, ...]]:
 def _vary(topology: Topology, sizes: FrameSizes, key: str,
           value: float) -> tuple[Topology, FrameSizes]:
     """The topology and frame sizes with ``key`` set to ``value``."""
+    if key in ("latent_frame_bytes", "devices") and not (math.isfinite(value)
+                                                         and value == int(value)):
+        raise InputError(f"sweep {key}={value:g}: must be a whole number")
+    if key == "devices" and value < 1:
+        raise InputError(f"sweep devices={value:g}: must be >= 1")
     if key == "latent_frame_bytes":
-        return topology, dataclasses.replace(sizes, latent_frame_bytes=int(value))
+        try:
+            return topology, dataclasses.replace(sizes, latent_frame_bytes=int(value))
+        except InputError as exc:
+            raise InputError(f"sweep {key}={value:g}: {exc}") from None
     data = topology.model_dump()
     if key in ("bandwidth_bps", "loss"):
         for link in data["links"].values():
@@ -323,6 +385,14 @@ def _vary(topology: Topology, sizes: FrameSizes, key: str,
         return Topology.model_validate(data), sizes
     except ValidationError as exc:
         raise InputError(f"sweep {key}={value:g}: {exc.errors()[0]['msg']}") from None
+
+
+def check_sweep(topology: Topology, key: str, values: tuple[float, ...],
+                frame_sizes: FrameSizes = FrameSizes()) -> None:
+    """Raise `InputError` naming the first value of ``key`` that cannot run; writes nothing.
+    `sweep` calls it before its first file; call it before writing anything else."""
+    for value in values:
+        _vary(topology, frame_sizes, key, value)
 
 
 @dataclass(frozen=True)
@@ -345,7 +415,8 @@ def sweep(topology: Topology, key: str, values: tuple[float, ...], out_dir: str 
           shots: int = 20, seed: int = 0, frame_sizes: FrameSizes = FrameSizes(),
           compute: ComputeTimes = ComputeTimes(), interval_s: float = 1.0) -> SweepResult:
     """Run `simulate` (both modes) for each value of ``key``; write ``sweep_<key>.csv`` and
-    ``sweep_<key>.png`` under ``out_dir``."""
+    ``sweep_<key>.png`` under ``out_dir``. Every value is checked before anything is written."""
+    check_sweep(topology, key, values, frame_sizes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []

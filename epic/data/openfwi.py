@@ -131,11 +131,25 @@ def check_array(array: np.ndarray, item_shape: tuple[int, ...], source: str) -> 
             raise DataError(f"{source}: sample {bad} contains NaN or Inf")
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_npy_magic(head: bytes, source: str) -> None:
+    """A .npy starts with ``\\x93NUMPY``; without it numpy would call the bytes pickled data."""
+    if not head.startswith(_NPY_MAGIC):
+        raise DataError(f"{source}: not a readable .npy file (it does not start with the "
+                        f"\\x93NUMPY magic; its first bytes are {head[:8]!r})")
+
+
 def _load_npy(path: Path, item_shape: tuple[int, ...], mmap: bool) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
+        with path.open("rb") as fh:
+            _check_npy_magic(fh.read(8), str(path))
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except DataError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy file ({exc})") from None
     check_array(array, item_shape, str(path))
@@ -186,7 +200,11 @@ def read_velocity_maps(path: str | Path, limit: int | None = None) -> np.ndarray
         for member in members:
             source = f"{path}:{member}"
             try:
-                array = np.load(io.BytesIO(archive.read(member)), allow_pickle=False)
+                raw = archive.read(member)
+                _check_npy_magic(raw[:8], source)
+                array = np.load(io.BytesIO(raw), allow_pickle=False)
+            except DataError:
+                raise
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
                 raise DataError(f"{source}: not a readable .npy ({exc})") from None
             check_array(array, MODEL_SHAPE, source)
