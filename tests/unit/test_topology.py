@@ -186,3 +186,53 @@ def test_json_schema_forbids_unknown_keys() -> None:
     schema = Topology.model_json_schema()
     assert schema["additionalProperties"] is False
     assert schema["$defs"]["LinkSpec"]["additionalProperties"] is False
+
+
+def test_docs_state_the_id_and_name_rules_the_loader_checks() -> None:
+    from epic.topology import DeviceSpec
+
+    doc = (REPO / "docs" / "topology.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines()
+            if line.startswith("| `")}
+    id_pattern = DeviceSpec.model_fields["id"].metadata
+    pattern = next(m.pattern for m in id_pattern if hasattr(m, "pattern"))
+    assert f"`{pattern}`" in rows["`devices[i].id`"], rows["`devices[i].id`"]
+    assert "`[A-Za-z0-9_.-]`" in rows["`testbed`"], rows["`testbed`"]
+    for name in ("device-1", "device-999999999"):
+        assert parse_topology(BASE.replace("id: device-1", f"id: {name}")).devices[0].id == name
+    for bad in ("sensor_1", "device-0", "device-01"):
+        with pytest.raises(TopologyError, match=r":12: devices\[0\]\.id: "):
+            parse_topology(BASE.replace("id: device-1", f"id: {bad}"), "t.yaml")
+
+
+def test_docs_epic_vs_raw_table_is_what_simulate_gives() -> None:
+    import re
+
+    from emulation.simulate import simulate, wire_frame_sizes
+    from epic import wire
+
+    doc = (REPO / "docs" / "topology.md").read_text()
+    section = doc[doc.index("### EPIC against raw on the default topology"):]
+    sizes = wire_frame_sizes("epic-5")
+    assert sizes.latent_frame_bytes == wire.HEADER_BYTES + 14 * 64
+    assert f"latent frame of {sizes.latent_frame_bytes} B" in section
+    result = simulate(load_topology(REPO / "topology.yaml"), "both", shots=200, seed=0,
+                      frame_sizes=sizes)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+            for line in section.splitlines()[:20] if line.startswith("| ")}
+
+    def numbers(text: str) -> list[float]:
+        return [float(x) for x in re.findall(r"[0-9]+(?:\.[0-9]+)?", text)]
+
+    for mode, row in (("epic", rows["EPIC"]), ("raw", rows["raw"])):
+        m = result.mode(mode)
+        lat = m.gather_latency_s
+        assert numbers(row[0]) == pytest.approx([lat.p50 * 1e3, lat.p95 * 1e3, lat.p99 * 1e3],
+                                                abs=0.51), (mode, row)
+        assert numbers(row[1]) == pytest.approx([m.comm_j], abs=0.051), (mode, row)
+        assert numbers(row[2]) == pytest.approx([m.uplink_bytes / 1e6], rel=0.005), (mode, row)
+    r = result.ratios
+    assert numbers(rows["raw / EPIC"][0]) == pytest.approx(
+        [r.latency_p50, r.latency_p95, r.latency_p99], abs=0.051)
+    assert numbers(rows["raw / EPIC"][1]) == pytest.approx([r.energy_comm], abs=0.051)
+    assert numbers(rows["raw / EPIC"][2]) == pytest.approx([r.bytes], abs=0.51)
