@@ -10,6 +10,16 @@ deadline is ``deadline_s`` after its first accepted frame. A device is *present*
 its chunks are in. A gather closes when every expected device is present (``add`` returns it)
 or at the deadline with whichever devices are present (``expired`` returns it); a gather with
 no present device is dropped, never decoded. Frames for a closed gather are ``late``.
+
+Frames known to be in flight (docs/wire-format.md, "Delivery"): after a broker restart every
+device sends again what central has not confirmed, so the caller calls ``extend`` when its own
+connection comes back (every open gather) and when a device reconnects (the open gathers that
+device has not completed): their deadline becomes ``deadline_s`` after that moment, but never
+later than ``max_open_s`` after the gather's first frame.
+
+``take_confirmations`` hands out what central is done with, per device, for the end-to-end
+confirmations (epic.wire.ack): a device's part of a gather once all its chunks are in, and
+every device's part once the gather is closed.
 """
 
 from __future__ import annotations
@@ -130,8 +140,10 @@ class DeviceParts:
 class _Pending:
     first_s: float
     first_receive_ns: int
+    deadline_s: float  # caller clock (s) at which the gather closes regardless
     chunks: dict[int, dict[int, tuple[Frame, int]]] = field(default_factory=dict)
     present: set[int] = field(default_factory=set)
+    extended: int = 0  # times ``extend`` moved the deadline
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,7 @@ class Gather:
         incomplete: ids of devices that sent some chunks but not all (treated as absent).
         first_s, closed_s: caller clock (s) of the first frame and of closing.
         at_deadline: True if closed by the deadline, False if every device arrived.
+        extended: how many times the deadline was moved for frames in flight (``extend``).
     """
 
     mode: str
@@ -154,6 +167,7 @@ class Gather:
     first_s: float
     closed_s: float
     at_deadline: bool
+    extended: int = 0
 
 
 class Assembler:
@@ -164,16 +178,25 @@ class Assembler:
         deadline_s: seconds after a gather's first frame at which it closes regardless.
         memory: how many closed gathers (for ``late``) and frame keys per mode (for
             ``duplicate``) are remembered.
+        max_open_s: ``extend`` never keeps a gather open longer than this after its first
+            frame (default: 10 x ``deadline_s``).
     """
 
     def __init__(self, device_ids: Sequence[int], deadline_s: float,
-                 memory: int = 100_000) -> None:
+                 memory: int = 100_000, max_open_s: float | None = None) -> None:
         if not device_ids or len(set(device_ids)) != len(device_ids):
             raise ValueError(f"device_ids must be non-empty and unique, got {device_ids}")
         if not (deadline_s > 0 and math.isfinite(deadline_s)):
             raise ValueError(f"deadline_s must be finite and > 0, got {deadline_s}")
+        max_open_s = 10 * deadline_s if max_open_s is None else max_open_s
+        if not (max_open_s >= deadline_s and math.isfinite(max_open_s)):
+            raise ValueError(f"max_open_s must be finite and >= deadline_s ({deadline_s}), "
+                             f"got {max_open_s}")
         self.device_ids = frozenset(device_ids)
         self.deadline_s = float(deadline_s)
+        self.max_open_s = float(max_open_s)
+        self._confirmations: list[tuple[int, str, int]] = []  # (device, mode, gather)
+        self._dropped_gathers: list[Gather] = []
         self._memory = memory
         self._seen: dict[str, OrderedDict[tuple[int, int, int], None]] = {
             mode: OrderedDict() for mode in MODE_OF_KIND.values()}
@@ -190,7 +213,31 @@ class Assembler:
         """The earliest deadline of an open gather (caller clock, s), or None."""
         if not self._pending:
             return None
-        return min(p.first_s for p in self._pending.values()) + self.deadline_s
+        return min(p.deadline_s for p in self._pending.values())
+
+    def extend(self, now_s: float, device_id: int | None = None) -> int:
+        """Frames are known to be in flight: give open gathers ``deadline_s`` from ``now_s``.
+
+        ``device_id``: only the gathers that device has not completed (it reconnected); None:
+        every open gather (central's own connection came back). A deadline never moves
+        earlier, nor past ``max_open_s`` after the gather's first frame. Returns how many
+        gathers' deadlines moved.
+        """
+        moved = 0
+        for pending in self._pending.values():
+            if device_id is not None and device_id in pending.present:
+                continue
+            new_s = min(now_s + self.deadline_s, pending.first_s + self.max_open_s)
+            if new_s > pending.deadline_s:
+                pending.deadline_s = new_s
+                pending.extended += 1
+                moved += 1
+        return moved
+
+    def take_confirmations(self) -> list[tuple[int, str, int]]:
+        """(device id, mode, gather id) central is done with since the last call."""
+        out, self._confirmations = self._confirmations, []
+        return out
 
     def add(self, frame: Frame, receive_ns: int, now_s: float) -> Gather | None:
         """Accept one validated frame; return its gather if this frame completed it.
@@ -219,11 +266,12 @@ class Assembler:
         if len(seen) > self._memory:
             seen.popitem(last=False)
         if pending is None:
-            pending = self._pending[key] = _Pending(now_s, receive_ns)
+            pending = self._pending[key] = _Pending(now_s, receive_ns, now_s + self.deadline_s)
         chunks = pending.chunks.setdefault(frame.device_id, {})
         chunks[frame.chunk_index] = (frame, receive_ns)
         if len(chunks) == frame.chunk_count:
             pending.present.add(frame.device_id)
+            self._confirmations.append((frame.device_id, mode, frame.gather_id))
             if pending.present >= self.device_ids:
                 return self._close(key, now_s, at_deadline=False)
         return None
@@ -233,11 +281,17 @@ class Assembler:
 
         Gathers with no complete device are dropped (counted in ``dropped``).
         """
-        due = [k for k, p in self._pending.items() if now_s >= p.first_s + self.deadline_s]
+        due = [k for k, p in self._pending.items() if now_s >= p.deadline_s]
         closed = [self._close(key, now_s, at_deadline=True) for key in due]
         ready = [g for g in closed if g.devices]
+        self._dropped_gathers.extend(g for g in closed if not g.devices)
         self.dropped += len(closed) - len(ready)
         return ready
+
+    def take_dropped(self) -> list[Gather]:
+        """The gathers dropped (no complete device at the deadline) since the last call."""
+        out, self._dropped_gathers = self._dropped_gathers, []
+        return out
 
     def flush(self, now_s: float) -> list[Gather]:
         """Close every open gather now (shutdown); same rules as ``expired``."""
@@ -246,6 +300,8 @@ class Assembler:
     def _close(self, key: tuple[str, int], now_s: float, at_deadline: bool) -> Gather:
         pending = self._pending.pop(key)
         self._closed[key] = None
+        self._confirmations.extend((d, key[0], key[1]) for d in sorted(self.device_ids)
+                                   if d not in pending.present)
         if len(self._closed) > self._memory:
             self._closed.popitem(last=False)
         devices = {}
@@ -255,9 +311,9 @@ class Assembler:
             devices[device_id] = DeviceParts(device_id, frames, tuple(r for _, r in parts),
                                              sum(HEADER_BYTES + len(f.payload) for f in frames))
         incomplete = tuple(sorted(set(pending.chunks) - pending.present))
-        closed_s = now_s if math.isfinite(now_s) else pending.first_s + self.deadline_s
+        closed_s = now_s if math.isfinite(now_s) else pending.deadline_s
         return Gather(key[0], key[1], devices, incomplete, pending.first_s, closed_s,
-                      at_deadline)
+                      at_deadline, pending.extended)
 
 
 class RejectionLog:

@@ -1,6 +1,9 @@
 """The central node: subscribe -> validate -> assemble per gather (deadline) -> decode -> sink.
 
-``python -m central.service --topology topology.yaml --rundir RUNDIR --checkpoint CKPT``
+``python -m central.service --topology topology.yaml --rundir RUNDIR --checkpoint CKPT``, or
+``--decoder artifacts/decoders/flatvel-a/manifest.json`` in place of the checkpoint(s): the
+decoders exported by ``epic export-decoders``, run on ONNX Runtime without torch (torch is only
+imported on the checkpoint path).
 (every option also reads an environment variable, for containers; see ``_ARGS``).
 
 paho's network thread only time-stamps each message and queues it; one worker (the main
@@ -28,26 +31,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from central.assembler import MODE_OF_KIND, Assembler, FrameValidator, Gather, RejectionLog
 from central.raw import RAW_SHOTS, RAW_TIME_SAMPLES, RawDecoder
-from epic.broker import CENTRAL_USER, load_runtime
+from epic.broker import CENTRAL_USER, central_subscriptions, load_runtime
 from epic.data.openfwi import OpenFWIDataset
 from epic.data.transforms import denormalize_velocity, normalize_velocity
 from epic.errors import InputError
+from epic.inference.decoders import LatentDecoderRuntime
 from epic.metrics import per_sample_fidelity
-from epic.models.checkpoint import load_checkpoint
-from epic.models.registry import DISTRIBUTED
 from epic.mqtt import MqttConnectError, MqttSettings, SessionClient
 from epic.topology import Topology, load_topology
-from epic.wire import Channel, FrameError, central_filter, result_topic, validate_name
+from epic.wire import (
+    STATUS_ONLINE,
+    Channel,
+    FrameError,
+    RangeSet,
+    ack_topic,
+    encode_ack,
+    result_topic,
+    validate_name,
+)
 
 __all__ = ["CentralConfig", "CentralService", "LatentDecoder", "main"]
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "central-status.json"
 RESULTS_FILE = "results.jsonl"
+DROPPED_FILE = "dropped.jsonl"  # one line per gather closed with no complete device
 
 
 @dataclass(frozen=True)
@@ -56,46 +67,67 @@ class CentralConfig:
 
     Attributes:
         topology: topology.yaml; rundir: broker runtime dir (credentials) and output dir.
-        checkpoint: the latent model ("epic" or another distributed model).
+        checkpoint: the latent model ("epic" or another distributed model); None with
+            ``decoder``.
         raw_checkpoint: an "inversionnet" checkpoint for raw mode, or None (no raw maps).
+        decoder: an ``epic export-decoders`` manifest: both decoders run torch-free on ONNX
+            Runtime (raw maps when it has InversionNet); it takes precedence over the
+            checkpoints.
         truth: an OpenFWI-layout directory (gather id = sample index) for MAE/RMSE/SSIM.
-        threads: torch intra-op threads. broker_host/port, password: override the runtime.
+        threads: decoder intra-op threads (torch or ONNX Runtime). broker_host/port, password: override the runtime.
         log_interval_s: a rejection reason is logged at most once per this interval.
         status_interval_s: period of the central-status.json rewrite.
         max_batch: gathers decoded in one model call when several are ready.
+        ack_interval_s: end-to-end confirmations are published at most this often (s).
     """
 
     topology: Path
     rundir: Path
-    checkpoint: Path
+    checkpoint: Path | None = None
     raw_checkpoint: Path | None = None
+    decoder: Path | None = None
     truth: Path | None = None
     threads: int = 1
     broker_host: str | None = None
     broker_port: int | None = None
     password: str | None = None
-    client_id: str = CENTRAL_USER
     log_interval_s: float = 5.0
     status_interval_s: float = 1.0
     max_batch: int = 16
+    ack_interval_s: float = 0.05
 
 
 class LatentDecoder:
     """Dequantises latent frames into tokens and runs the distributed model's decoder.
 
     Args:
-        checkpoint: a checkpoint of a model in ``epic.models.DISTRIBUTED``.
+        checkpoint: a checkpoint of a model in ``epic.models.DISTRIBUTED`` (run in torch),
+            or None with ``decoder``.
         receivers: device id -> receiver range ``(first, last)``; a device's slot in the
             model is ``first // rx_per_device`` and its range must be one slot exactly.
     """
 
-    def __init__(self, checkpoint: Path, receivers: Mapping[int, tuple[int, int]]) -> None:
-        self.model, ckpt = load_checkpoint(checkpoint)
-        if ckpt["model"] not in DISTRIBUTED:
-            raise InputError(f"{checkpoint}: model {ckpt['model']!r} takes no latents; "
-                             f"expected one of {sorted(DISTRIBUTED)}")
-        k, n_devices = self.model.rx_per_device, self.model.n_devices
-        self.latent_shape = (k, self.model.token_dim)
+    def __init__(self, checkpoint: Path | None, receivers: Mapping[int, tuple[int, int]],
+                 decoder: Path | None = None, threads: int = 1) -> None:
+        self.model = self.runtime = None
+        if decoder is not None:  # torch-free: the exported decoder on ONNX Runtime
+            self.runtime = LatentDecoderRuntime(decoder, threads=threads)
+            k, n_devices = self.runtime.rx_per_device, self.runtime.n_devices
+            self.latent_shape = self.runtime.latent_shape
+            what, source = "epic decoder (onnxruntime)", decoder
+        elif checkpoint is None:
+            raise InputError("latent mode needs a checkpoint or a decoder manifest")
+        else:
+            from epic.models.checkpoint import load_checkpoint
+            from epic.models.registry import DISTRIBUTED
+
+            self.model, ckpt = load_checkpoint(checkpoint)
+            if ckpt["model"] not in DISTRIBUTED:
+                raise InputError(f"{checkpoint}: model {ckpt['model']!r} takes no latents; "
+                                 f"expected one of {sorted(DISTRIBUTED)}")
+            k, n_devices = self.model.rx_per_device, self.model.n_devices
+            self.latent_shape = (k, self.model.token_dim)
+            what, source = f"{ckpt['model']} model (torch)", checkpoint
         self.slots: dict[int, int] = {}
         for device_id, (first, last) in receivers.items():
             if first % k or last - first != k or first // k >= n_devices:
@@ -103,8 +135,7 @@ class LatentDecoder:
                                  f"of the model's {n_devices} slots of {k} receivers")
             self.slots[device_id] = first // k
         self.n_devices = n_devices
-        log.info("latent mode: %s model from %s, latent %s", ckpt["model"], checkpoint,
-                 self.latent_shape)
+        log.info("latent mode: %s from %s, latent %s", what, source, self.latent_shape)
 
     def decode(self, gathers: Sequence[Gather]) -> np.ndarray:
         """``len(gathers)`` maps, ``(B, 70, 70)`` float32 m/s, absent devices masked."""
@@ -115,6 +146,10 @@ class LatentDecoder:
                 slot = self.slots[device_id]
                 tokens[row, slot] = parts.frames[0].dequantized()  # (14, 64)
                 present[row, slot] = True
+        if self.runtime is not None:
+            return self.runtime.decode(tokens, present)  # (B, 70, 70) m/s
+        import torch
+
         with torch.inference_mode():
             y = self.model.decode(torch.from_numpy(tokens), torch.from_numpy(present))
         return denormalize_velocity(y.numpy()[:, 0])  # (B, 70, 70) m/s
@@ -135,8 +170,13 @@ class CentralService:
         self.testbed = validate_name(topology.testbed)
         self.names = {d.number: d.id for d in topology.devices}
         receivers = {d.number: tuple(d.receivers) for d in topology.devices}
-        self.latent = LatentDecoder(config.checkpoint, receivers)
-        self.raw = RawDecoder(config.raw_checkpoint, receivers)
+        if config.decoder is not None and (config.checkpoint or config.raw_checkpoint):
+            log.info("decoder manifest %s given: the torch checkpoints are not used",
+                     config.decoder)
+        self.latent = LatentDecoder(config.checkpoint, receivers, config.decoder,
+                                    config.threads)
+        self.raw = RawDecoder(config.raw_checkpoint, receivers, decoder=config.decoder,
+                              threads=config.threads)
         self.validator = FrameValidator({n: b - a for n, (a, b) in receivers.items()},
                                         self.latent.latent_shape, RAW_TIME_SAMPLES, RAW_SHOTS)
         self.assembler = Assembler(list(receivers), topology.central.decode_deadline_s)
@@ -151,10 +191,18 @@ class CentralService:
         self.device_status: dict[str, str] = {}
         self.last_gather: dict | None = None
         self.started_ns = time.time_ns()
-        self.client = SessionClient(self._mqtt_settings(), subscriptions=[
-            central_filter(self.testbed, c) for c in (Channel.LATENT, Channel.RAW,
-                                                       Channel.STATUS)],
-            on_message=self._on_message, status_topic=f"epic/{self.testbed}/central/status")
+        # end-to-end delivery: device -> mode -> gathers confirmed; devices owed a confirmation
+        self.confirmed: dict[int, dict[str, RangeSet]] = {
+            n: {mode: RangeSet() for mode in MODE_OF_KIND.values()} for n in self.names}
+        self._ack_due: set[int] = set()
+        self._ack_sent_s = -float("inf")
+        self.acks_sent = 0
+        self.deadline_extensions = 0
+        self._connects_seen = 0
+        self.client = SessionClient(self._mqtt_settings(),
+                                    subscriptions=central_subscriptions(self.testbed),
+                                    on_message=self._on_message,
+                                    status_topic=f"epic/{self.testbed}/central/status")
 
     def _mqtt_settings(self) -> MqttSettings:
         cfg = self.config
@@ -167,7 +215,7 @@ class CentralService:
                                  f"{self.testbed!r}")
         return MqttSettings(
             host=cfg.broker_host or runtime.host, port=cfg.broker_port or runtime.port,
-            client_id=cfg.client_id, username=CENTRAL_USER,
+            client_id=CENTRAL_USER, username=CENTRAL_USER,
             password=cfg.password or runtime.password(CENTRAL_USER),
             ca_file=runtime.ca_file if runtime else None, replay_window_s=0)
 
@@ -193,7 +241,9 @@ class CentralService:
                 next_status_s = now_s + self.config.status_interval_s
             deadline_s = self.assembler.next_deadline_s()
             wait_s = min(0.2, next_status_s - now_s,
-                         deadline_s - now_s if deadline_s is not None else 0.2)
+                         deadline_s - now_s if deadline_s is not None else 0.2,
+                         self._ack_sent_s + self.config.ack_interval_s - now_s
+                         if self._ack_due else 0.2)
             self._step(max(wait_s, 0.0))
         self.shutdown()
 
@@ -207,9 +257,51 @@ class CentralService:
                 ready += self._ingest(*self._inbox.get_nowait())
         except queue.Empty:
             pass
-        ready += self.assembler.expired(time.monotonic())
+        now_s = time.monotonic()
+        if self.client.connects > self._connects_seen:  # (re)connected
+            if self._connects_seen:  # the broker came back: devices will send again
+                self._extend(now_s, None, "central reconnected")
+            self._connects_seen = self.client.connects
+        ready += self.assembler.expired(now_s)
+        for gather in self.assembler.take_dropped():
+            self._record_dropped(gather)
         if ready:
             self._decode(ready)
+        self._confirm(time.monotonic())
+
+    def _extend(self, now_s: float, device_id: int | None, why: str) -> None:
+        """Frames are in flight after a reconnect: move the open gathers' deadlines."""
+        moved = self.assembler.extend(now_s, device_id)
+        self.deadline_extensions += moved
+        if moved:
+            log.info("%s: %d open gathers get %.3f s more", why, moved,
+                     self.assembler.deadline_s)
+
+    def _confirm(self, now_s: float) -> None:
+        """Publish the end-to-end confirmations owed (cumulative, retained, QoS 1)."""
+        for device_id, mode, gather_id in self.assembler.take_confirmations():
+            if self.confirmed[device_id][mode].add(gather_id):
+                self._ack_due.add(device_id)
+        if not self._ack_due or now_s < self._ack_sent_s + self.config.ack_interval_s:
+            return
+        for device_id in sorted(self._ack_due):
+            self.client.publish(ack_topic(self.testbed, device_id),
+                                encode_ack(self.confirmed[device_id]), retain=True)
+            self.acks_sent += 1
+        self._ack_due.clear()
+        self._ack_sent_s = now_s
+
+    def _record_dropped(self, gather: Gather) -> None:
+        """A gather closed with no complete device: one line in RUNDIR/dropped.jsonl."""
+        reason = (f"no device complete within the {self.assembler.deadline_s:g} s deadline"
+                  + (f" (extended {gather.extended}x)" if gather.extended else ""))
+        record = {"gather": gather.gather_id, "mode": gather.mode, "reason": reason,
+                  "incomplete": [self.names[d] for d in gather.incomplete],
+                  "wait_s": round(gather.closed_s - gather.first_s, 6),
+                  "dropped_ns": time.time_ns()}
+        with open(self.rundir / DROPPED_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        log.warning("%s gather %d dropped: %s", gather.mode, gather.gather_id, reason)
 
     def _ingest(self, topic: str, payload: bytes, receive_ns: int) -> list[Gather]:
         if topic.endswith("/" + Channel.STATUS):
@@ -217,6 +309,9 @@ class CentralService:
             device = topic.split("/")[-2]
             if device in self.names.values():
                 self.device_status[device] = payload.decode("ascii", "replace")[:16]
+                if payload == STATUS_ONLINE:  # a device (re)connected: it sends again
+                    number = next(n for n, name in self.names.items() if name == device)
+                    self._extend(time.monotonic(), number, f"{device} connected")
             return []
         self.received += 1
         now_s = time.monotonic()
@@ -269,7 +364,7 @@ class CentralService:
             "absent": [n for d, n in self.names.items() if d not in gather.devices],
             "incomplete": [self.names[d] for d in gather.incomplete],
             "partial": len(gather.devices) < len(self.names),
-            "at_deadline": gather.at_deadline,
+            "at_deadline": gather.at_deadline, "deadline_extended": gather.extended,
             "wait_s": round(gather.closed_s - gather.first_s, 6),
             "decode_start_ns": start_ns, "decode_end_ns": end_ns, "decode_batch": batch,
             "devices": devices,
@@ -307,6 +402,8 @@ class CentralService:
             "gathers": {"decoded": dict(self.decoded), "partial": self.partial,
                         "dropped": self.assembler.dropped, "pending": self.assembler.pending,
                         "decode_errors": self.decode_errors},
+            "delivery": {"confirmations_sent": self.acks_sent,
+                         "deadline_extensions": self.deadline_extensions},
             "status_messages": self.status_messages, "device_status": self.device_status,
             "last_gather": self.last_gather,
         }
@@ -320,6 +417,10 @@ class CentralService:
         log.info("central stopping: draining %d queued messages", self._inbox.qsize())
         self._step(0)
         self._decode(self.assembler.flush(time.monotonic()))
+        for gather in self.assembler.take_dropped():
+            self._record_dropped(gather)
+        self._ack_sent_s = -float("inf")  # confirm what the flush closed before leaving
+        self._confirm(time.monotonic())
         self.client.close()  # retained "offline" on epic/<testbed>/central/status
         self._step(0)  # anything that arrived while disconnecting (acknowledged already)
         self._decode(self.assembler.flush(time.monotonic()))
@@ -334,7 +435,9 @@ _ARGS = (  # flag, environment variable, type, help
     ("--checkpoint", "EPIC_CHECKPOINT", Path, "latent model checkpoint"),
     ("--raw-checkpoint", "EPIC_RAW_CHECKPOINT", Path, "InversionNet checkpoint (raw mode)"),
     ("--truth", "EPIC_TRUTH", Path, "OpenFWI-layout dir with the true maps"),
-    ("--threads", "EPIC_THREADS", int, "torch threads (default 1)"),
+    ("--decoder", "EPIC_DECODER", Path,
+     "epic export-decoders manifest: torch-free decoders (ONNX Runtime), over the checkpoints"),
+    ("--threads", "EPIC_THREADS", int, "decoder threads, torch or ONNX Runtime (default 1)"),
     ("--broker-host", "EPIC_BROKER_HOST", str, "broker host (default: from the runtime)"),
     ("--broker-port", "EPIC_BROKER_PORT", int, "broker port (default: from the runtime)"),
     ("--max-batch", "EPIC_MAX_BATCH", int, "gathers per model call (default 16)"),
@@ -358,7 +461,8 @@ def parse_config(argv: Sequence[str] | None = None) -> CentralConfig:
         except ValueError:
             raise InputError(f"{flag} / ${env}: cannot read {value!r} as {kind.__name__}"
                              ) from None
-    missing = [f for f in ("topology", "rundir", "checkpoint") if values[f] is None]
+    required = ("topology", "rundir") + (("checkpoint",) if values["decoder"] is None else ())
+    missing = [f for f in required if values[f] is None]
     if missing:
         raise InputError(f"central needs {', '.join('--' + m for m in missing)} "
                          f"(or $EPIC_{'/$EPIC_'.join(m.upper() for m in missing)})")
@@ -381,7 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(argv)
         if config.threads < 1:
             raise InputError(f"--threads must be >= 1, got {config.threads}")
-        torch.set_num_threads(config.threads)
+        if config.decoder is None:  # torch only on the checkpoint path
+            import torch
+
+            torch.set_num_threads(config.threads)
         service = CentralService(config, load_topology(config.topology))
     except InputError as exc:  # also DataError, TopologyError
         log.error("%s", exc)

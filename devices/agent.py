@@ -72,6 +72,9 @@ class AgentStats:
     backend: str = ""
     start_at_unix_s: float | None = None
     start_lag_s: float | None = None  # streaming began this long after T (> 0: ready late)
+    confirmations: int = 0  # central's end-to-end confirmations received
+    resent: int = 0  # frames sent again after reconnects (acknowledged, unconfirmed)
+    unconfirmed_at_exit: int = 0  # frames central had not confirmed when the agent exited
 
     def summary(self) -> dict:
         data = asdict(self)
@@ -109,11 +112,27 @@ class DeviceAgent:
         self.rundir = rundir
         self._stats_written_s = -math.inf  # monotonic time of the last stats file write
         settings = MqttSettings(host=broker_host or broker.host, port=broker_port or broker.port,
-                                client_id=f"{self.testbed}-{spec.id}", username=spec.id,
-                                password=broker.password(spec.id), ca_file=broker.ca_file)
+                                client_id=spec.id, username=spec.id,
+                                password=broker.password(spec.id), ca_file=broker.ca_file,
+                                keep_until_confirmed=True)
         status = wire.topic_for(self.testbed, device_number, wire.Channel.STATUS)
-        self.client = SessionClient(settings, status_topic=status)
+        self.ack_topic = wire.ack_topic(self.testbed, device_number)
+        self.client = SessionClient(settings, subscriptions=[self.ack_topic],
+                                    on_message=self._on_confirmation, status_topic=status)
         self.status_topic = status
+
+    def _on_confirmation(self, message: object) -> None:  # paho's network thread
+        """Central's cumulative confirmation: release the frames of the gathers it is done
+        with. A malformed one is logged and ignored (frames stay kept: nothing is lost)."""
+        if message.topic != self.ack_topic:
+            return
+        try:
+            confirmed = wire.decode_ack(bytes(message.payload))
+        except wire.AckError as exc:
+            log.warning("ignored a confirmation on %s: %s", message.topic, exc)
+            return
+        self.stats.confirmations += 1
+        self.client.confirm(confirmed)
 
     def start(self) -> None:
         self.client.connect()
@@ -146,9 +165,10 @@ class DeviceAgent:
                                       capture_ns=capture_ns, encode_end_ns=now, publish_ns=now)
             channel = wire.Channel.RAW
         topic = wire.topic_for(self.testbed, n, channel)
+        key = (channel.value, gather_id)  # what central confirms these frames by
         for frame in frames:
             data = dataclasses.replace(frame, publish_ns=time.time_ns()).encode()
-            self.client.publish(topic, data)
+            self.client.publish(topic, data, key=key)
             self.stats.frames_published += 1
             self.stats.bytes_published += len(data)
         self.stats.gathers_published += 1
@@ -202,6 +222,15 @@ class DeviceAgent:
         tmp.write_text(json.dumps(self.stats.summary(), indent=2) + "\n")
         os.replace(tmp, path)
 
+    def wait_confirmed(self, timeout_s: float) -> bool:
+        """Wait until central has confirmed every frame this agent published (end to end);
+        False after ``timeout_s`` (central absent or stalled)."""
+        deadline = time.monotonic() + timeout_s
+        while (left := self.client.unconfirmed()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.stats.unconfirmed_at_exit = left
+        return left == 0
+
     def wait_acked(self, timeout_s: float) -> bool:
         """Wait until the broker acknowledged and saved every frame (QoS 1; see
         ``SessionClient.flush``), so that exiting now loses none, even if the broker is
@@ -210,6 +239,7 @@ class DeviceAgent:
         return self.client.flush(timeout_s)
 
     def close(self) -> None:
+        self.stats.resent = self.client.replayed
         self._write_stats()
         self.client.close()
 
@@ -236,6 +266,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-host", default=_env("BROKER_HOST"))
     p.add_argument("--broker-port", type=int, default=_env("BROKER_PORT"))
     p.add_argument("--threads", type=int, default=_env("THREADS", "1"))
+    p.add_argument("--confirm-timeout-s", type=float, default=_env("CONFIRM_TIMEOUT_S", "30"),
+                   help="before exiting, wait this long for central to confirm every frame "
+                        "(0: do not wait; the broker's acknowledgement and save suffice)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 
@@ -255,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
                          args.start, realtime=args.rate == "realtime",
                          start_at_unix_s=None if args.start_at_unix_s is None
                          else float(args.start_at_unix_s))
+            confirm_timeout_s = float(args.confirm_timeout_s)
+            if confirm_timeout_s > 0 and not agent.wait_confirmed(confirm_timeout_s):
+                log.warning("central has not confirmed %d frames within %.0f s; they are "
+                            "saved by the broker", agent.stats.unconfirmed_at_exit,
+                            confirm_timeout_s)
             if not agent.wait_acked(30.0):
                 log.error("not every frame was acknowledged within 30 s")
                 return 1

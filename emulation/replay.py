@@ -15,6 +15,8 @@ It returns (and writes to ``json_out`` and RUNDIR/replay.json) per mode:
 - bytes per gather (central's wire bytes; the proxies' link bytes with headers and resends);
 - energy per device, joules, from the deltas of the proxies' status files;
 - fidelity (mean MAE/RMSE/SSIM when central had ``--truth``), and ratios raw over EPIC;
+- gathers central dropped (no device complete at its deadline: ``dropped``, each with the
+  reason, seen as soon as central records it, not at the timeout);
 - partial decodes: how many, which devices were present (``partial_sets``), and their
   fidelity cost (``fidelity_cost``): mean MAE/RMSE/SSIM of the partial decodes against full
   decodes, ``fidelity_cost.baseline`` saying which: ``same gathers, earlier replay`` (full
@@ -64,11 +66,27 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
             "mean": float(np.mean(values))}
 
 
-def _results(rundir: Path) -> list[dict]:
-    path = rundir / "results.jsonl"
+def _jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSON-lines file central appends to (a line being written is
+    skipped until it is whole)."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # cut short: central is still writing it
+            continue
+    return out
+
+
+def _results(rundir: Path) -> list[dict]:
+    return _jsonl(rundir / "results.jsonl")
+
+
+def _dropped(rundir: Path) -> list[dict]:
+    """Central's dropped gathers (no device complete at the deadline), one dict each."""
+    return _jsonl(rundir / "dropped.jsonl")
 
 
 def _proxy_snapshot(rundir: Path, devices: tuple[str, ...]) -> dict[str, dict]:
@@ -185,17 +203,21 @@ def summarize_mode(mode: str, records: list[dict], before: dict[str, dict],
     }
 
 
-def _wait_decoded(rundir: Path, mode: str, gather_ids: set[int], skip: int,
-                  timeout_s: float) -> list[dict]:
+def _wait_decoded(rundir: Path, mode: str, gather_ids: set[int], skip: int, skip_dropped: int,
+                  timeout_s: float) -> tuple[list[dict], list[dict]]:
+    """Central's records of ``gather_ids`` in ``mode``: (decoded, dropped), once every gather
+    is one or the other. Raises InputError after ``timeout_s`` naming the gathers missing."""
     want = _CENTRAL_MODE[mode]
     deadline = time.monotonic() + timeout_s
     while True:
         records = [r for r in _results(rundir)[skip:]
                    if r["mode"] == want and r["gather"] in gather_ids]
-        if {r["gather"] for r in records} >= gather_ids:
-            return records
+        dropped = [r for r in _dropped(rundir)[skip_dropped:]
+                   if r["mode"] == want and r["gather"] in gather_ids]
+        if {r["gather"] for r in (*records, *dropped)} >= gather_ids:
+            return records, dropped
         if time.monotonic() > deadline:
-            missing = sorted(gather_ids - {r["gather"] for r in records})
+            missing = sorted(gather_ids - {r["gather"] for r in (*records, *dropped)})
             raise InputError(f"central decoded no {mode} result for gathers {missing} within "
                              f"{timeout_s:.0f} s (see {rundir}/logs/central.log)")
         time.sleep(0.05)
@@ -211,8 +233,8 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
     gathers are decoded partially by central at its deadline.
 
     Raises InputError for a bad argument, a stopped testbed, gathers this testbed already
-    decoded (central refuses them as late: use another ``start`` or restart the testbed), a
-    failing agent, or results that do not come within ``timeout_s`` (seconds, per mode).
+    decoded or dropped (central refuses them as late: use another ``start`` or restart the
+    testbed), a failing agent, or results that do not come within ``timeout_s`` (seconds, per mode).
     """
     rundir = Path(rundir).resolve()
     if mode not in ("epic", "raw", "both"):
@@ -231,22 +253,25 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         raise InputError(f"{data} holds {available} gathers, asked for {start}..{start + shots}")
     modes = ("epic", "raw") if mode == "both" else (mode,)
     gather_ids = set(range(start, start + shots))
-    done = {(r["mode"], r["gather"]) for r in _results(rundir)}
+    done = {(r["mode"], r["gather"]) for r in (*_results(rundir), *_dropped(rundir))}
     seen = sorted({g for m in modes for g in gather_ids if (_CENTRAL_MODE[m], g) in done})
     if seen:
         raise InputError(f"this testbed already decoded gathers {seen}; replay others "
                          f"(--start) or restart the testbed")
     summaries = {}
     for m in modes:
-        skip = len(_results(rundir))
+        skip, skip_dropped = len(_results(rundir)), len(_dropped(rundir))
         before = _fresh_snapshot(rundir, info.devices, time.time() - _STATUS_PERIOD_S * 3)
         started = time.time()
         agents = run_agents(info, m, Path(data).resolve(), shots, start, rate, encoders,
                             timeout_s, lead_s)
-        records = _wait_decoded(rundir, m, gather_ids, skip, timeout_s)
+        records, dropped = _wait_decoded(rundir, m, gather_ids, skip, skip_dropped, timeout_s)
         wall_s = time.time() - started  # not counting the wait for fresh proxy status files
         after = _fresh_snapshot(rundir, info.devices, time.time() + 0.05)
         summaries[m] = summarize_mode(m, records, before, after)
+        summaries[m]["dropped"] = [{"gather": r["gather"], "reason": r["reason"],
+                                    "incomplete": r["incomplete"]}
+                                   for r in sorted(dropped, key=lambda r: r["gather"])]
         summaries[m]["wall_s"] = wall_s
         summaries[m]["agents"] = asdict(agents)
         earlier = [r for r in _results(rundir)[:skip] if r["mode"] == _CENTRAL_MODE[m]]
@@ -254,8 +279,8 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         summaries[m]["fidelity_cost"] = fidelity_cost(records, earlier,
                                                       _paired_full(rundir, key))
         _append_history(rundir, key, records)
-        log.info("%s: %d gathers (%d partial) in %.1f s", m, len(records),
-                 summaries[m]["partial"], summaries[m]["wall_s"])
+        log.info("%s: %d gathers (%d partial, %d dropped) in %.1f s", m, len(records),
+                 summaries[m]["partial"], len(dropped), summaries[m]["wall_s"])
     result = {"testbed": info.testbed, "topology": info.topology, "data": str(Path(data).resolve()),
               "shots": shots, "start": start, "rate": rate, "modes": summaries,
               "dead_devices": sorted(dead_devices(rundir)),

@@ -62,6 +62,33 @@ def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_
                f"{info.proxy_base_port + len(info.devices) - 1} ({roles})")
 
 
+@testbed.command("compose")
+@click.option("--topology", "topology_path", default="topology.yaml", show_default=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--out", default="docker-compose.yml", show_default=True,
+              type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--check", is_flag=True,
+              help="Write nothing; exit 1 if --out differs from what would be generated.")
+def testbed_compose(topology_path, out, check) -> None:
+    """Generate docker-compose.yml from the topology (`docker compose up` then runs it)."""
+    from emulation.compose import compose_text, write_compose
+    from epic.topology import load_topology
+
+    if check:
+        import os
+
+        source = os.path.relpath(Path(topology_path).resolve(), Path(out).resolve().parent)
+        want = compose_text(load_topology(topology_path), source=source)
+        if not Path(out).is_file() or Path(out).read_text() != want:
+            raise click.ClickException(f"{out} is not generated from {topology_path}; run "
+                                       f"`epic testbed compose --topology {topology_path} "
+                                       f"--out {out}`")
+        click.echo(f"{out} matches {topology_path}")
+        return
+    path = write_compose(topology_path, out)
+    click.echo(f"wrote {path} from {topology_path}; run `docker compose up`")
+
+
 @testbed.command("status")
 @click.option("--dir", "rundir", default="runs/testbed", show_default=True,
               type=click.Path(path_type=Path))
@@ -202,6 +229,7 @@ def replay_cmd(data_dir, shots, start, mode, rate, json_out, rundir, timeout_s,
                    f"{s['comm_j']:.4f} J")
         for line in partial_lines(s):
             click.echo(f"      {line}")
+    dropped = [(name, d) for name, s in result["modes"].items() for d in s.get("dropped", ())]
     r = result["ratios"]
     if r:
         def fmt(value: float | None) -> str:
@@ -210,6 +238,10 @@ def replay_cmd(data_dir, shots, start, mode, rate, json_out, rundir, timeout_s,
         click.echo(f"raw/EPIC: latency p50 {fmt(r['latency_p50'])}, communication energy "
                    f"{fmt(r['energy_comm'])}, bytes {fmt(r['bytes'])} "
                    f"(published: 8.9x and 33.8x)")
+    if dropped:  # a run-time failure: one line, exit status 1 (the JSON has every detail)
+        named = "; ".join(f"{name} gather {d['gather']}: {d['reason']}" for name, d in dropped)
+        click.echo(f"epic: error: central dropped {len(dropped)} gathers ({named})", err=True)
+        raise click.exceptions.Exit(1)
 
 
 @click.command("report")

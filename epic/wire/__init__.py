@@ -14,11 +14,14 @@ The package, by concern (import from ``epic.wire``; every name below is re-expor
   `Frame` (validation, encode, decode) and `chunk_elements`;
 - `epic.wire.chunks`: `split_array`, `Reassembler` and `Deduplicator`;
 - `epic.wire.topics`: `Channel`, the topic builders and parser, `check_topic`, and the status
-  payloads.
+  payloads;
+- `epic.wire.ack`: central's end-to-end confirmations (`ack_topic`, `RangeSet`, `encode_ack`,
+  `decode_ack`).
 
 Nothing here imports torch: devices/ depends on it.
 """
 
+from epic.wire.ack import ACK_MODES, AckError, RangeSet, ack_topic, decode_ack, encode_ack
 from epic.wire.chunks import DEFAULT_CHUNK_PAYLOAD_BYTES, Deduplicator, Reassembler, split_array
 from epic.wire.frame import (
     CRC_OFFSET,
@@ -50,6 +53,7 @@ from epic.wire.topics import (
 )
 
 __all__ = [
+    "ACK_MODES",
     "CRC_OFFSET",
     "DEFAULT_CHUNK_PAYLOAD_BYTES",
     "HEADER_BYTES",
@@ -60,6 +64,7 @@ __all__ = [
     "STATUS_OFFLINE",
     "STATUS_ONLINE",
     "VERSION",
+    "AckError",
     "Channel",
     "Deduplicator",
     "Dtype",
@@ -67,12 +72,16 @@ __all__ = [
     "FrameError",
     "Kind",
     "Reason",
+    "RangeSet",
     "Reassembler",
     "Topic",
+    "ack_topic",
     "central_filter",
     "check_topic",
     "chunk_elements",
+    "decode_ack",
     "device_name",
+    "encode_ack",
     "parse_topic",
     "result_topic",
     "split_array",

@@ -65,7 +65,6 @@ class DevicePublisher:
         self.client = SessionClient(MqttSettings(
             runtime.host, runtime.port, name, name, runtime.password(name),
             ca_file=runtime.ca_file, max_inflight=max_inflight, **settings)).connect()
-        self._pending: list = []
 
     def topic(self, channel: Channel = Channel.LATENT) -> str:
         """This device's topic on ``channel``."""
@@ -77,7 +76,7 @@ class DevicePublisher:
             now_ns = time.time_ns()
             frame = dataclasses.replace(frame, publish_ns=max(now_ns, frame.encode_end_ns))
         channel = channel or (Channel.LATENT if frame.kind is Kind.LATENT else Channel.RAW)
-        self._pending.append(self.client.publish(self.topic(channel), frame.encode()))
+        self.client.publish(self.topic(channel), frame.encode())
 
     def publish_all(self, items: Iterable[tuple[str, bytes, int]],
                     timeout_s: float = 60.0) -> int:
@@ -99,14 +98,12 @@ class DevicePublisher:
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every frame given to ``send`` is acknowledged by the broker."""
         deadline = time.monotonic() + timeout_s
-        # not wait_for_publish(): it raises for a publish queued while disconnected (rc
-        # NO_CONN), which paho still sends after reconnecting
-        while not all(info._published for info in self._pending):
+        # the client tracks every QoS 1 publish, also those waiting while disconnected
+        while self.client.unacked():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"device-{self.device_id}: publishes unacknowledged after "
-                                   f"{timeout_s} s")
+                raise TimeoutError(f"device-{self.device_id}: {self.client.unacked()} "
+                                   f"publishes unacknowledged after {timeout_s} s")
             time.sleep(0.01)
-        self._pending.clear()
 
     def close(self) -> None:
         """Flush what ``send`` queued, then disconnect (status "offline")."""

@@ -173,3 +173,59 @@ def test_rejection_log_counts_all_and_logs_once_per_interval(caplog) -> None:
     assert logged == [True, False, False, True, True]
     assert rejections.counts == {"bad_crc": 4, "late": 1} and rejections.total == 5
     assert "+2 more" in caplog.records[-1].getMessage()
+
+
+def test_confirmations_name_each_device_part_then_every_device_at_close(
+        assembler: Assembler) -> None:
+    chunks = raw_chunks(2, 4)
+    for chunk in chunks[:-1]:
+        assembler.add(chunk, receive_ns=0, now_s=0.0)
+    assert assembler.take_confirmations() == []  # device 2 is not complete yet
+    assembler.add(chunks[-1], receive_ns=0, now_s=0.1)
+    assert assembler.take_confirmations() == [(2, "raw", 4)]
+    assembler.add(latent(1, 4), receive_ns=0, now_s=0.2)
+    assert assembler.take_confirmations() == [(1, "latent", 4)]
+    (raw,) = assembler.expired(DEADLINE_S)  # raw 4 closes (first frame at 0 s), latent not
+    assert raw.mode == "raw" and list(raw.devices) == [2]
+    assert set(assembler.take_confirmations()) == {(d, "raw", 4) for d in (1, 3, 4, 5)}
+    (late,) = assembler.expired(0.2 + DEADLINE_S)
+    assert late.mode == "latent"
+    assert set(assembler.take_confirmations()) == {(d, "latent", 4) for d in (2, 3, 4, 5)}
+    assert assembler.take_confirmations() == []
+
+
+def test_extend_moves_deadlines_for_frames_in_flight_within_max_open(
+        assembler: Assembler) -> None:
+    for device in (1, 2):
+        assembler.add(latent(device, 9), receive_ns=0, now_s=0.0)
+    assembler.add(latent(1, 10), receive_ns=0, now_s=0.5)
+    assert assembler.next_deadline_s() == pytest.approx(DEADLINE_S)
+    # device 2 reconnects at 1.5 s: only the gathers it has not completed (10) move
+    assert assembler.extend(1.5, device_id=2) == 1
+    assert assembler.expired(DEADLINE_S) != []  # gather 9 closes on time
+    assert assembler.expired(0.5 + DEADLINE_S) == []  # gather 10 got more time
+    assert assembler.next_deadline_s() == pytest.approx(1.5 + DEADLINE_S)
+    # central reconnects much later: never past max_open_s (10 x deadline) after the first
+    assert assembler.extend(100.0) == 1
+    assert assembler.next_deadline_s() == pytest.approx(0.5 + 10 * DEADLINE_S)
+    assert assembler.extend(1.0) == 0  # a deadline never moves earlier
+    (gather,) = assembler.expired(0.5 + 10 * DEADLINE_S)
+    assert gather.extended == 2 and gather.at_deadline and list(gather.devices) == [1]
+
+
+def test_a_gather_with_no_complete_device_is_handed_out_as_dropped(
+        assembler: Assembler) -> None:
+    chunks = raw_chunks(3, 6)
+    assembler.add(chunks[0], receive_ns=0, now_s=0.0)
+    assert assembler.expired(DEADLINE_S) == [] and assembler.dropped == 1
+    (dropped,) = assembler.take_dropped()
+    assert (dropped.mode, dropped.gather_id, dropped.incomplete) == ("raw", 6, (3,))
+    assert assembler.take_dropped() == []
+    with pytest.raises(FrameError) as info:  # its other chunks are late now
+        assembler.add(chunks[1], receive_ns=0, now_s=DEADLINE_S + 0.1)
+    assert info.value.reason is Reason.LATE
+
+
+def test_max_open_below_the_deadline_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_open_s"):
+        Assembler(DEVICES, DEADLINE_S, max_open_s=1.0)
