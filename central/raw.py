@@ -5,7 +5,9 @@ Central reassembles them with ``epic.wire.Reassembler``, places each device's tr
 topology receiver range ``[first, last)`` of a ``(5, 1000, 70)`` gather, leaves zeros (silent
 receivers) where a device is absent, normalises as OpenFWI with the checkpoint's dataset
 constants, and runs InversionNet: ``(B, 5, 1000, 70)`` -> ``(B, 1, 70, 70)`` in [-1, 1], which
-is returned in m/s.
+is returned in m/s. InversionNet runs in torch (a checkpoint) or torch-free on ONNX Runtime (an
+``epic export-decoders`` manifest, :class:`epic.inference.RawDecoderRuntime`); torch is
+imported only on the checkpoint path.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from central.assembler import Gather
-from epic.data.openfwi import get_dataset
 from epic.data.transforms import denormalize_velocity, normalize_data
 from epic.errors import InputError
-from epic.models.checkpoint import load_checkpoint
+from epic.inference.decoders import RawDecoderRuntime, load_decoder_manifest
 from epic.wire import Deduplicator, Reassembler
 
 __all__ = ["RAW_SHOTS", "RAW_TIME_SAMPLES", "RawDecoder", "assemble_raw"]
@@ -55,24 +55,36 @@ def assemble_raw(gather: Gather, receivers: Mapping[int, tuple[int, int]],
 
 
 class RawDecoder:
-    """InversionNet from a checkpoint, or no model (gathers are assembled, no map is made).
+    """InversionNet from a checkpoint (torch) or a decoder manifest (ONNX Runtime), or no
+    model (gathers are assembled, no map is made).
 
     Args:
         checkpoint: an "inversionnet" checkpoint, or None.
         receivers: device id -> receiver range ``(first, last)`` from the topology.
         n_rx: receivers of the whole line (InversionNet takes 70).
+        decoder: an ``epic export-decoders`` manifest; its "inversionnet" model, when it has
+            one, is used in place of ``checkpoint``. threads: ONNX Runtime threads.
     """
 
     def __init__(self, checkpoint: Path | None, receivers: Mapping[int, tuple[int, int]],
-                 n_rx: int = 70) -> None:
+                 n_rx: int = 70, *, decoder: Path | None = None, threads: int = 1) -> None:
         for device_id, (first, last) in receivers.items():
             if not 0 <= first < last <= n_rx:
                 raise InputError(f"device-{device_id} receivers [{first}, {last}) outside "
                                  f"[0, {n_rx}) (raw decoder)")
         self.receivers = dict(receivers)
         self.n_rx = n_rx
-        self.model: torch.nn.Module | None = None
-        if checkpoint is not None:
+        self.model = self.runtime = None
+        if decoder is not None:
+            if "inversionnet" in load_decoder_manifest(decoder).get("models", {}):
+                self.runtime = RawDecoderRuntime(decoder, threads=threads)
+                log.info("raw mode: InversionNet (onnxruntime) from %s", decoder)
+            else:
+                log.info("raw mode: %s has no InversionNet; raw gathers get no map", decoder)
+        elif checkpoint is not None:
+            from epic.data.openfwi import get_dataset
+            from epic.models.checkpoint import load_checkpoint
+
             self.model, ckpt = load_checkpoint(checkpoint, expected_model="inversionnet")
             spec = get_dataset(ckpt["dataset"])
             self.data_min, self.data_max = spec.data_min, spec.data_max
@@ -83,13 +95,17 @@ class RawDecoder:
     @property
     def available(self) -> bool:
         """Whether a model is loaded."""
-        return self.model is not None
+        return self.model is not None or self.runtime is not None
 
     def decode(self, gathers: Sequence[Gather]) -> np.ndarray:
         """``len(gathers)`` maps, ``(B, 70, 70)`` float32 m/s. Needs a model."""
-        if self.model is None:
+        if not self.available:
             raise InputError("raw decode without an InversionNet checkpoint")
         x = np.stack([assemble_raw(g, self.receivers, self.n_rx) for g in gathers])
+        if self.runtime is not None:
+            return self.runtime.decode(x)  # normalises with the manifest's constants
+        import torch
+
         x = normalize_data(x, self.data_min, self.data_max)  # (B, 5, 1000, 70)
         with torch.inference_mode():
             y = self.model(torch.from_numpy(x)).numpy()  # (B, 1, 70, 70) in [-1, 1]

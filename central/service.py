@@ -74,7 +74,8 @@ class CentralConfig:
             Runtime (raw maps when it has InversionNet); it takes precedence over the
             checkpoints.
         truth: an OpenFWI-layout directory (gather id = sample index) for MAE/RMSE/SSIM.
-        threads: decoder intra-op threads (torch or ONNX Runtime). broker_host/port, password: override the runtime.
+        threads: decoder intra-op threads (torch or ONNX Runtime).
+        broker_host/port, password: override the runtime.
         log_interval_s: a rejection reason is logged at most once per this interval.
         status_interval_s: period of the central-status.json rewrite.
         max_batch: gathers decoded in one model call when several are ready.
