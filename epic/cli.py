@@ -218,6 +218,56 @@ def export_cmd(checkpoint, calibration_dir, out_dir, test_dir, n_calibration, n_
                f"({result.wall_s:.0f} s)")
 
 
+@cli.command("export-decoders")
+@click.option("--checkpoint", "epic_checkpoint", type=click.Path(path_type=Path), default=None,
+              help="EPIC checkpoint whose decoder is exported, e.g. artifacts/epic-flatvel-a.pt.")
+@click.option("--inversionnet", "inversionnet_checkpoint", type=click.Path(path_type=Path),
+              default=None, help="InversionNet checkpoint, e.g. "
+              "artifacts/inversionnet-flatvel-a.pt.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Receives the .onnx graphs, manifest.json and parity.json.")
+@click.option("--test", "test_dir", type=click.Path(path_type=Path), default=None,
+              help="Test split (OpenFWI layout, with maps) for the runtime/torch parity.")
+@click.option("--n-test", type=int, default=None, help="Test gathers (default: all).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", type=int, default=None, help="torch threads (default: all).")
+def export_decoders_cmd(epic_checkpoint, inversionnet_checkpoint, out_dir, test_dir, n_test,
+                        seed, threads) -> None:
+    """Export central's decoders to ONNX (torch-free on ONNX Runtime), with parity."""
+    import torch
+
+    from epic.export_decoders import export_decoders
+
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    command = " ".join(["epic", *sys.argv[1:]]) if sys.argv[1:2] == ["export-decoders"] \
+        else None
+    result = export_decoders(epic_checkpoint, inversionnet_checkpoint, out_dir,
+                             test_dir=test_dir, n_test=n_test, seed=seed, command=command)
+    for kind, path in result.graph_paths.items():
+        click.echo(f"wrote {path} ({path.stat().st_size:,} bytes; {kind})")
+    for kind in ("epic", "inversionnet"):
+        rows = result.parity.get(kind)
+        if rows is None:
+            continue
+        for name, row in (rows.items() if kind == "epic" else [("all_present", rows)]):
+            click.echo(f"{kind} {name}: MAE runtime {row['runtime']['mae']:.6f} torch "
+                       f"{row['torch']['mae']:.6f} (|delta| {row['mae_abs_delta']:.2e}), mean "
+                       f"|map diff| {row['map_mean_abs_diff']:.2e}, max "
+                       f"{row['map_max_abs_diff']:.2e} on {row['samples']} gathers"
+                       f"{'' if row['meets_target'] else '  MISSES the 1e-3 target'}")
+    timing = result.parity.get("timing", {})
+    for kind in ("epic", "inversionnet"):
+        if kind in timing:
+            click.echo(f"{kind} decode, batch 1, 1 thread: runtime "
+                       f"{timing[kind]['runtime_ms']:.2f} ms, torch {timing[kind]['torch_ms']:.2f}"
+                       f" ms per gather")
+    click.echo(f"manifest {result.manifest_path}, parity {result.parity_path} "
+               f"({result.wall_s:.0f} s)")
+
+
 @cli.command("simulate")
 @click.option("--topology", "topology_path", default="topology.yaml", show_default=True,
               type=click.Path(path_type=Path))
