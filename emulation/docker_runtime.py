@@ -42,7 +42,14 @@ from emulation.docker_specs import (
     RESIDENT,
     container_specs,
 )
-from emulation.testbed import REPO, is_alive, load_info, prepare_compose_runtime
+from emulation.testbed import (
+    DEFAULT_CHECKPOINT,
+    REPO,
+    check_models,
+    is_alive,
+    load_info,
+    prepare_compose_runtime,
+)
 from epic.errors import InputError
 from epic.topology import load_topology
 
@@ -154,6 +161,8 @@ def up(topology_path: Path, rundir: Path, *, build: bool = True,
                        ("truth", truth)):
         if path is not None and not Path(path).exists():
             raise InputError(f"{name} {path} does not exist")
+    # the image's default checkpoint is the shipped one: check the receivers against its slots
+    check_models(topology_path, topology, checkpoint or DEFAULT_CHECKPOINT, raw_checkpoint)
     client = client or connect()
     old = load_info(rundir) if rundir.exists() else None
     if old is not None and any(is_alive(p) for p in old.processes):

@@ -127,3 +127,17 @@ def test_garbage_npy_is_called_what_it_is(tmp_path, capsys):
         z.write(tmp_path / "real.npy", "model1.npy")
     for name in ("real.npy", "real.zip"):
         assert np.array_equal(read_velocity_maps(tmp_path / name), real)
+
+
+def test_docker_up_checks_receivers_before_touching_the_engine(tmp_path):
+    from emulation import docker_runtime
+    from epic.topology import TopologyError
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the engine was used ({name}) before the checks")
+
+    path, line = _topology_with(tmp_path, "[56, 84]")
+    with pytest.raises(TopologyError, match=rf"^{path}:{line}: devices\[4\]\.receivers: not one"):
+        docker_runtime.up(path, tmp_path / "run", client=Untouchable(), timeout_s=5)
+    assert not (tmp_path / "run").exists()
