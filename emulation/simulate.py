@@ -11,6 +11,7 @@ the real encoder's sizes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -182,10 +183,8 @@ def shipped_model_fit(topology: Topology, source: str | Path | None = None,
         return None
     text = None
     if source is not None:
-        try:
+        with contextlib.suppress(OSError):
             text = Path(source).read_text(encoding="utf-8")
-        except OSError:
-            pass
     problems = model_slot_problems(topology, n_devices=n_devices, rx_per_device=k,
                                    model=models, source=str(source or topology.testbed),
                                    text=text)
