@@ -282,14 +282,20 @@ def export_decoders_cmd(epic_checkpoint, inversionnet_checkpoint, out_dir, test_
               help="key=v1,v2,...: repeat over bandwidth_bps, loss, latent_frame_bytes or "
                    "devices; CSV and PNG go beside --json (or to runs/sweeps).")
 def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
-    """Run the SimPy network model in virtual time: EPIC latents against raw traces."""
-    from emulation.simulate import parse_sweep, simulate, sweep, wire_frame_sizes
+    """Run the SimPy network model in virtual time: EPIC latents against raw traces.
+
+    Any receiver layout is modelled; the output says when the topology could not run on the
+    shipped models (`epic testbed up` would refuse it)."""
+    from emulation.simulate import check_sweep, parse_sweep, simulate, sweep, wire_frame_sizes
     from epic.topology import load_topology
 
     topology = load_topology(topology_path)
     parsed_sweeps = [parse_sweep(text) for text in sweeps]  # reject a bad --sweep up front
     sizes = wire_frame_sizes(topology.testbed)
-    result = simulate(topology, mode=mode, shots=shots, seed=seed, frame_sizes=sizes)
+    for key, values in parsed_sweeps:  # every point, before anything is written
+        check_sweep(topology, key, values, sizes)
+    result = simulate(topology, mode=mode, shots=shots, seed=seed, frame_sizes=sizes,
+                      source=topology_path)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(result.to_json() + "\n")
@@ -303,6 +309,11 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
         r = result.ratios
         click.echo(f"raw/EPIC: latency p50 {r.latency_p50:.1f}x, communication energy "
                    f"{r.energy_comm:.1f}x, bytes {r.bytes:.0f}x (published: 8.9x and 33.8x)")
+    fit = result.shipped_models
+    if fit is not None and not fit.fits:
+        more = len(fit.problems) - 1
+        click.echo(f"note: modelled, but this topology could not run on the shipped models: "
+                   f"{fit.problems[0]}" + (f" (and {more} more devices)" if more else ""))
     out_dir = json_out.parent if json_out else Path("runs/sweeps")
     for key, values in parsed_sweeps:
         done = sweep(topology, key, values, out_dir, shots=min(shots, 20), seed=seed,
