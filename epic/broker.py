@@ -1,10 +1,16 @@
 """Prepare and run the testbed's own Mosquitto broker.
 
 ``prepare_runtime`` fills RUNDIR (never committed) with: ``passwd`` (one random credential per
-device, ``device-<id>``, and one for ``central``, hashed by ``mosquitto_passwd``),
+device, ``device-<id>``, one for ``central`` and one for the read-only ``observer``, hashed by
+``mosquitto_passwd``),
 ``credentials.json`` (the plain passwords, mode 0600), ``acl`` and ``mosquitto.conf`` (from the
 templates in ``broker/``), ``persistence/``, and with ``tls=True`` a self-signed CA and server
 certificate made with the ``openssl`` CLI. ``BrokerProcess`` runs ``mosquitto -c`` on it.
+
+The broker uses each client's username as its client id (``use_username_as_clientid``), so
+every client connects with client id == username (``epic.mqtt.MqttSettings`` insists), and
+two connections with one username displace each other: a tool that watches a running testbed
+logs in as ``observer``, never as ``central``.
 """
 
 from __future__ import annotations
@@ -24,16 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
 from epic.errors import InputError
-from epic.wire import MAX_FRAME_BYTES, device_name, validate_name
+from epic.wire import MAX_FRAME_BYTES, Channel, central_filter, device_name, validate_name
 
 __all__ = [
     "CENTRAL_USER",
     "DEFAULT_ACL_TEMPLATE",
     "DEFAULT_CONF_TEMPLATE",
+    "OBSERVER_USER",
     "BrokerError",
     "BrokerProcess",
     "BrokerRuntime",
+    "central_subscriptions",
     "free_port",
     "load_runtime",
     "prepare_runtime",
@@ -45,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONF_TEMPLATE = REPO / "broker" / "mosquitto.conf"
 DEFAULT_ACL_TEMPLATE = REPO / "broker" / "acl.template"
 CENTRAL_USER = "central"
+OBSERVER_USER = "observer"  # read-only: results and status (broker/acl.template)
 CREDENTIALS_FILE = "credentials.json"
 _PACKET_OVERHEAD_BYTES = 4096  # fixed header, topic and v5 properties around a frame
 
@@ -61,7 +72,7 @@ class BrokerRuntime:
         rundir: the directory; conf_path is rundir/mosquitto.conf.
         testbed: the testbed name used in topics and the ACL.
         host, port: where the listener binds (clients connect to host:port).
-        passwords: username -> password ("central", "device-<id>").
+        passwords: username -> password ("central", "observer", "device-<id>").
         ca_file: the CA certificate clients must trust, or None without TLS.
     """
 
@@ -89,6 +100,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def central_subscriptions(testbed: str) -> list[tuple[str, SubscribeOptions]]:
+    """Central's topic filters (QoS 1): every device's latent, raw and status topics.
+
+    Frames are subscribed with retain handling 2, so the broker never hands central a frame
+    that a device published with the retain flag (it would be delivered to every new
+    subscription, in later runs too); status topics keep their retained birth / last will.
+    """
+    no_retained = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+    return [(central_filter(testbed, Channel.LATENT), no_retained),
+            (central_filter(testbed, Channel.RAW), no_retained),
+            (central_filter(testbed, Channel.STATUS), SubscribeOptions(qos=1))]
 
 
 def _tool(name: str) -> str:
@@ -163,7 +187,8 @@ def prepare_runtime(rundir: Path, *, testbed: str, device_ids: Sequence[int], po
     os.chmod(rundir, 0o700)
     persistence = rundir / "persistence"
     persistence.mkdir(exist_ok=True)
-    passwords = {name: secrets.token_urlsafe(24) for name in [CENTRAL_USER, *names]}
+    passwords = {name: secrets.token_urlsafe(24)
+                 for name in [CENTRAL_USER, OBSERVER_USER, *names]}
     passwd_file = rundir / "passwd"
     passwd_file.unlink(missing_ok=True)
     mosquitto_passwd = _tool("mosquitto_passwd")

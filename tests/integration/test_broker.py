@@ -114,7 +114,7 @@ def test_acl_keeps_each_device_in_its_own_lane(broker: BrokerProcess, settings_f
 def test_anonymous_and_wrong_password_are_refused(broker: BrokerProcess, settings_for,
                                                   who: str) -> None:
     settings = (settings_for(None) if who == "anonymous"
-                else settings_for("device-1", password="wrong", client_id="x"))
+                else settings_for("device-1", password="wrong"))
     with pytest.raises(MqttConnectError, match="[Nn]ot authori[sz]ed|[Bb]ad user"):
         SessionClient(settings).connect(timeout_s=5)
 
@@ -145,7 +145,7 @@ def test_last_will_offline_after_kill_9(broker: BrokerProcess, settings_for) -> 
         receiver.close()
     # the retained status is "offline" for anyone who subscribes later
     late = Inbox()
-    watcher = SessionClient(settings_for("central", client_id="central-late"),
+    watcher = SessionClient(settings_for("observer"),
                             subscriptions=[status], on_message=late).connect()
     try:
         assert late.wait_for(lambda m: (status, STATUS_OFFLINE, True) in m, 5)

@@ -195,8 +195,9 @@ def test_full_latent_gather_is_decoded_like_in_process(env: Env) -> None:
     frames = encode_latents(model, normalised_gather(0), gather_id=0)
     inbox: list[bytes] = []
     watcher = SessionClient(MqttSettings(
-        env.runtime.host, env.runtime.port, "central-watcher", "central",
-        env.runtime.password("central")), subscriptions=[result_topic(TESTBED)],
+        env.runtime.host, env.runtime.port, "observer", "observer",
+        env.runtime.password("observer"), session_expiry_s=0),
+        subscriptions=[result_topic(TESTBED)],
         on_message=lambda m: inbox.append(bytes(m.payload))).connect()
     try:
         send_latents(env, frames)
@@ -401,8 +402,9 @@ def test_sigterm_flushes_and_goes_offline(env: Env) -> None:
     assert record["present"] == ["device-1"]
     inbox: list[tuple[bytes, bool]] = []
     watcher = SessionClient(MqttSettings(
-        env.runtime.host, env.runtime.port, "central-watcher-2", "central",
-        env.runtime.password("central")), subscriptions=[f"epic/{TESTBED}/central/status"],
+        env.runtime.host, env.runtime.port, "observer", "observer",
+        env.runtime.password("observer"), session_expiry_s=0),
+        subscriptions=[f"epic/{TESTBED}/central/status"],
         on_message=lambda m: inbox.append((bytes(m.payload), m.retain))).connect()
     try:
         deadline = time.monotonic() + 5
