@@ -245,3 +245,36 @@ def test_central_decodes_with_torch_unimportable(tmp_path):
                           cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["ok", "epic", "inversionnet"]
+
+
+def test_export_decoders_cli(checkpoints, tmp_path, capsys):
+    """``epic export-decoders`` with the EPIC decoder alone and no test split."""
+    from click.testing import CliRunner
+
+    from epic.cli import cli, main
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(cli, ["export-decoders", "--checkpoint", str(checkpoints[0]),
+                                      "--out", str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "epic-decoder.onnx" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["models"]) == ["epic"] and "parity" not in manifest
+    raw = RawDecoder(None, RECEIVERS, decoder=out / "manifest.json")  # no InversionNet in it
+    assert not raw.available
+    assert LatentDecoder(None, RECEIVERS, out / "manifest.json").runtime is not None
+    assert main(["export-decoders", "--out", str(out)]) == 2
+    assert "nothing to export" in capsys.readouterr().err
+
+
+def test_central_config_needs_a_checkpoint_or_a_decoder(tmp_path, monkeypatch):
+    from central.service import parse_config
+    from epic.errors import InputError
+
+    for var in ("EPIC_CHECKPOINT", "EPIC_DECODER"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(InputError, match="--checkpoint"):
+        parse_config(["--topology", "t.yaml", "--rundir", str(tmp_path)])
+    monkeypatch.setenv("EPIC_DECODER", str(SHIPPED))
+    config = parse_config(["--topology", "t.yaml", "--rundir", str(tmp_path)])
+    assert config.decoder == SHIPPED and config.checkpoint is None
