@@ -329,7 +329,10 @@ cli.add_command(report_cmd)
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for bad input, with one line on stderr)."""
     try:
-        cli.main(args=argv, prog_name="epic", standalone_mode=False)
+        # without standalone mode click returns a command's Exit(code) as the value
+        status = cli.main(args=argv, prog_name="epic", standalone_mode=False)
+        if isinstance(status, int) and not isinstance(status, bool) and status:
+            return status
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:

@@ -72,6 +72,7 @@ def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_
 def testbed_compose(topology_path, out, check) -> None:
     """Generate docker-compose.yml from the topology (`docker compose up` then runs it)."""
     from emulation.compose import compose_text, write_compose
+    from epic.errors import InputError
     from epic.topology import load_topology
 
     if check:
@@ -80,9 +81,8 @@ def testbed_compose(topology_path, out, check) -> None:
         source = os.path.relpath(Path(topology_path).resolve(), Path(out).resolve().parent)
         want = compose_text(load_topology(topology_path), source=source)
         if not Path(out).is_file() or Path(out).read_text() != want:
-            raise click.ClickException(f"{out} is not generated from {topology_path}; run "
-                                       f"`epic testbed compose --topology {topology_path} "
-                                       f"--out {out}`")
+            raise InputError(f"{out} is not generated from {topology_path}; run `epic "
+                             f"testbed compose --topology {topology_path} --out {out}`")
         click.echo(f"{out} matches {topology_path}")
         return
     path = write_compose(topology_path, out)
@@ -223,10 +223,13 @@ def replay_cmd(data_dir, shots, start, mode, rate, json_out, rundir, timeout_s,
                     timeout_s=timeout_s, **lead)
     for name, s in result["modes"].items():
         lat = s["capture_to_decode_s"]
-        click.echo(f"{name:5s} {s['gathers']} gathers  capture->decode p50 "
-                   f"{lat['p50'] * 1e3:8.1f} ms  p95 {lat['p95'] * 1e3:8.1f} ms  p99 "
-                   f"{lat['p99'] * 1e3:8.1f} ms  {s['bytes_per_gather']:,.0f} B/gather  comm "
-                   f"{s['comm_j']:.4f} J")
+        if lat["p50"] is None:  # nothing decoded (every gather dropped)
+            click.echo(f"{name:5s} 0 gathers decoded  comm {s['comm_j']:.4f} J")
+        else:
+            click.echo(f"{name:5s} {s['gathers']} gathers  capture->decode p50 "
+                       f"{lat['p50'] * 1e3:8.1f} ms  p95 {lat['p95'] * 1e3:8.1f} ms  p99 "
+                       f"{lat['p99'] * 1e3:8.1f} ms  {s['bytes_per_gather']:,.0f} B/gather  "
+                       f"comm {s['comm_j']:.4f} J")
         for line in partial_lines(s):
             click.echo(f"      {line}")
     dropped = [(name, d) for name, s in result["modes"].items() for d in s.get("dropped", ())]

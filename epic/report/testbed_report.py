@@ -52,6 +52,8 @@ def partial_lines(s: dict) -> list[str]:
                      f"{', '.join(agents['skipped_dead'])}")
     if agents.get("killed"):
         lines.append(f"agents killed during the run (kill-device): {', '.join(agents['killed'])}")
+    for dropped in s.get("dropped") or []:
+        lines.append(f"dropped by central: gather {dropped['gather']}: {dropped['reason']}")
     for group in s.get("partial_sets") or []:
         lines.append(f"partial: {len(group['gathers'])} of {s['gathers']} gathers decoded "
                      f"without {', '.join(group['absent'])} (present: "
@@ -148,7 +150,8 @@ def _plot_maps(rundir: Path, replay: dict, path: Path) -> bool:
     if replay.get("truth"):
         from epic.data.openfwi import OpenFWIDataset
 
-        truth = OpenFWIDataset(replay["truth"])[gather][1]
+        where = Path(replay["truth"])  # relative: to RUNDIR (a copied compose run)
+        truth = OpenFWIDataset(where if where.is_absolute() else rundir / where)[gather][1]
         if truth is not None:
             panels.append(("truth", np.asarray(truth).reshape(70, 70)))
     for name, mode in (("EPIC", "latent"), ("centralized", "raw")):

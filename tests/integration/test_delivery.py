@@ -117,3 +117,33 @@ def test_broker_sigkill_during_a_raw_replay_drops_no_gather(tmp_path, run_dir, t
     assert set(status["frames"]["rejected"]) <= {"duplicate"}, status["frames"]  # none late
     agents = [json.loads((run_dir / f"agent-{d}.json").read_text()) for d in DEVICES]
     assert all(a["unconfirmed_at_exit"] == 0 for a in agents), agents  # confirmed end to end
+
+
+def _slow_links_topology(tmp_path: Path) -> Path:
+    """Dedicated 4 Mbit/s links and a 0.3 s deadline: a device's 280 kB of raw chunks takes
+    0.56 s, so every raw gather closes with no device complete and is dropped."""
+    text = (REPO / "topology.yaml").read_text().replace("testbed: epic-5", "testbed: tdrop")
+    start, end = text.index("links:"), text.index("devices:")
+    slow = ("links:\n  slow:\n    kind: dedicated\n    bandwidth_bps: 4.0e+6\n"
+            "    delay_s: 0.001\n    mtu_bytes: 1500\n    overhead_bytes: 40\n\n")
+    text = (text[:start] + slow + text[end:]).replace("link: wifi", "link: slow")
+    text = text.replace("decode_deadline_s: 2.0", "decode_deadline_s: 0.3")
+    path = tmp_path / "topology.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_replay_reports_a_gather_central_dropped_at_once(tmp_path, run_dir, tiny_dataset,
+                                                         capsys) -> None:
+    from epic.cli import main
+
+    testbed.up(_slow_links_topology(tmp_path), run_dir, timeout_s=90)
+    code = main(["replay", "--data", str(tiny_dataset), "--shots", "1", "--mode", "raw",
+                 "--dir", str(run_dir), "--timeout-s", "120", "--start-lead-s", "2"])
+    err = capsys.readouterr().err
+    assert code == 1, err  # a run-time failure, not bad input (2), and not the timeout
+    assert err.count("\n") == 1 and "central dropped 1 gathers (raw gather 0: no device " \
+        "complete within the 0.3 s deadline" in err, err
+    summary = json.loads((run_dir / "replay.json").read_text())["modes"]["raw"]
+    assert summary["gathers"] == 0 and [d["gather"] for d in summary["dropped"]] == [0]
+    assert summary["dropped"][0]["incomplete"] == DEVICES
