@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENFWI ?= ../shared/openfwi
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean docker-base
 
 setup: $(VENV)/.installed
 
@@ -44,8 +44,18 @@ demo: setup
 	$(EPIC) simulate --topology topology.yaml --shots 100 --json $(REPORT_DIR)/simulate.json
 	@echo; echo "Report: $(REPORT_DIR)/report.md"
 
-test: setup
+test: setup docker-base
 	$(VENV)/bin/pytest
+
+# Base images for the container tests (tests/integration/test_compose.py): where a Docker engine
+# answers but cannot pull python:3.11-slim / eclipse-mosquitto:2, build local stand-ins
+# (docker/build-local-base.sh: debootstrap + docker import; minutes cold, a second warm).
+# Without an engine there is nothing to do (those tests skip and say why).
+docker-base:
+	@if ! docker info >/dev/null 2>&1; then echo "docker-base: no Docker engine; container tests will skip"; \
+	elif docker image inspect python:3.11-slim eclipse-mosquitto:2 >/dev/null 2>&1; then \
+		echo "docker-base: registry base images present"; \
+	else bash docker/build-local-base.sh || echo "docker-base: local base images failed; container tests will skip"; fi
 
 bench: setup
 	$(VENV)/bin/pytest -m benchmark -s bench tests

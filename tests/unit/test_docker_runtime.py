@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from emulation import docker_runtime
+from emulation.compose import DEFAULT_GATHERS, RUN_DIR, compose_text
 from emulation.docker_specs import (
     BROKER_PORT,
     RESIDENT,
@@ -75,36 +76,60 @@ def compose(env) -> dict:
     return _substitute(yaml.safe_load(COMPOSE.read_text())["services"], env)
 
 
+def test_the_committed_compose_file_is_the_generated_one():
+    assert COMPOSE.read_text() == compose_text(load_topology(REPO / "topology.yaml")), (
+        "docker-compose.yml is stale: run `epic testbed compose`")
+
+
 @pytest.fixture
 def specs(env) -> dict[str, ContainerSpec]:
     return container_specs(load_topology(REPO / "topology.yaml"), Path(env["EPIC_RUNDIR"]),
-                           data_dir=Path(env["EPIC_DATA"]), user="1234:5678")
+                           data_dir=Path(env["EPIC_DATA"]), user="1234:5678",
+                           gathers=DEFAULT_GATHERS)
 
 
-def test_specs_have_exactly_the_compose_services(compose, specs):
-    assert list(specs) == list(compose)
+def _in_rundir(value, rundir: str):
+    """Compose's paths in the run volume (/run/epic) as the SDK runtime's (RUNDIR)."""
+    if isinstance(value, str):
+        return value.replace(RUN_DIR, rundir)
+    return [_in_rundir(v, rundir) for v in value]
+
+
+def test_specs_have_the_compose_roles(compose, specs):
+    """The SDK runtime starts compose's long-running roles and devices; compose adds its
+    one-shot init (credentials: `up` writes them itself) and results steps."""
+    assert list(specs) == [s for s in compose if s not in ("init", "results")]
     assert [s for s in specs if specs[s].resident] == list(RESIDENT)
-    assert all(compose[s].get("profiles") == ["replay"] for s in specs if not specs[s].resident)
+    assert all(compose[s]["depends_on"]["link-proxies"] == {"condition": "service_healthy"}
+               for s in specs if not specs[s].resident)
 
 
-def test_every_spec_agrees_with_its_compose_service(compose, specs):
+def test_every_spec_agrees_with_its_compose_service(compose, specs, env):
+    rundir = str(Path(env["EPIC_RUNDIR"]).resolve())
     for name, spec in specs.items():
         service = compose[name]
         assert spec.service == name
-        assert spec.image == service["image"], name
-        assert spec.dockerfile == (service.get("build") or {}).get("dockerfile"), name
         if "build" in service:
             assert service["build"]["context"] == ".", name  # the SDK builds from REPO
-        assert spec.command == (tuple(service["command"]) if "command" in service
-                                else None), name
-        assert spec.user == service["user"], name
-        assert spec.environment == service.get("environment", {}), name
-        assert spec.volumes == _volumes(service.get("volumes", [])), name
-        assert spec.ports == _ports(service.get("ports", [])), name
-        assert spec.depends_on == tuple(service.get("depends_on", ())), name
+        if name == "broker":  # compose builds it on the base image the SDK runs directly
+            assert service["build"]["args"]["BASE"] == spec.image
+        else:
+            assert spec.image == service["image"], name
+            assert spec.dockerfile in (None, service["build"]["dockerfile"]), name
+        assert spec.command == (tuple(_in_rundir(service["command"], rundir))
+                                if "command" in service else None), name
+        env_compose = {k: _in_rundir(v, rundir) for k, v in
+                       service.get("environment", {}).items() if k != "EPIC_TRUTH"}
+        env_spec = {k: v for k, v in spec.environment.items()
+                    if k not in ("EPIC_CHECKPOINT", "EPIC_DATA")}
+        env_compose.pop("EPIC_DATA", None)
+        assert env_spec == env_compose, name
+        assert set(spec.depends_on) <= {"broker", "central", "link-proxies"}, name
+        assert set(spec.depends_on) == set(service["depends_on"]) - {"init"}, name
         compose_labels = service.get("labels", {})
         assert {k: spec.labels[k] for k in compose_labels} == compose_labels, name
-        assert set(spec.labels) - set(compose_labels) == set(RUNTIME_LABELS), name
+        assert set(spec.labels) - set(compose_labels) == set(RUNTIME_LABELS) - {
+            "epic.testbed"}, name
         assert spec.labels["epic.service"] == name
 
 

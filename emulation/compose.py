@@ -1,0 +1,229 @@
+"""docker-compose.yml, generated from a topology: ``epic testbed compose`` writes it.
+
+One command, ``docker compose up``, runs the whole testbed (Compose v2, and v1 1.29):
+
+1. ``init`` (epic-central image, as root, no network): generates credentials, ACL and the
+   broker conf into the ``run`` volume (:func:`emulation.testbed.prepare_compose_runtime`,
+   kept across ups while the topology's devices are unchanged), copies ./topology.yaml there
+   (the file the roles read and the faults edit), unpacks the demo gathers, gives the volume
+   to the unprivileged user the roles run as, and exits;
+2. ``broker`` (Mosquitto 2), ``central`` and ``link-proxies`` (ONE emulation.proxy process:
+   devices may share a medium; device k of the topology, 0-based, on port 18830 + k) start;
+   central and the proxies report healthy through their status files in the volume;
+3. ``device-1..N`` replay the demo gathers through their link proxies from one shared start
+   instant (devices/start_at.py) and exit;
+4. ``results`` waits until central decoded every gather, writes a replay summary, copies the
+   results (never the credentials) to ./runs/compose (``$EPIC_RESULTS``), owned like
+   ./topology.yaml, and logs what happened and where the results are.
+
+Networks: ``core`` (broker, central, proxies) and ``edge`` (proxies, devices), so a device
+reaches the broker only through its link proxy. ``docker compose down -v`` removes the
+containers, both networks and the ``run`` volume (the credentials); ./runs/compose stays.
+
+Base images are build arguments: ``EPIC_PYTHON_BASE`` (python:3.11-slim) and
+``EPIC_MOSQUITTO_BASE`` (eclipse-mosquitto:2); docker/build-local-base.sh makes local stand-ins
+for machines without a registry. Other knobs: ``EPIC_GATHERS``, ``EPIC_RATE``, ``EPIC_MODE``,
+``EPIC_DATA`` (OpenFWI-layout dir or packed demo, default ./docker/demo), ``EPIC_RESULTS``.
+
+:func:`compose_text` is pure (no engine, no files); tests/unit/test_compose.py checks that the
+committed docker-compose.yml equals ``compose_text(load_topology("topology.yaml"))``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emulation.docker_specs import BROKER_PORT, PROXY_BASE_PORT
+from epic.topology import Topology, load_topology
+
+__all__ = [
+    "BROKER_BUILD_IMAGE",
+    "CENTRAL_BUILD_IMAGE",
+    "COMPOSE_FILE",
+    "DEFAULT_GATHERS",
+    "DEVICE_BUILD_IMAGE",
+    "RESULTS_DIR",
+    "RUN_DIR",
+    "RUN_USER",
+    "compose_config",
+    "compose_text",
+    "write_compose",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+RUN_DIR = "/run/epic"  # the run volume, at this path in every container
+RUN_USER = "10001:10001"  # the roles' user (the images' `epic`); init chowns the volume to it
+RESULTS_DIR = "/results"
+DATA_IN_RUN = f"{RUN_DIR}/data"
+DECODERS_IN_IMAGE = "/app/artifacts/decoders/flatvel-a/manifest.json"  # torch-free (ONNX)
+DEFAULT_GATHERS = 6  # the shipped demo set (docker/demo)
+CENTRAL_BUILD_IMAGE = "epic-central"
+DEVICE_BUILD_IMAGE = "epic-device"
+BROKER_BUILD_IMAGE = "epic-broker"
+PYTHON_BASE = "${EPIC_PYTHON_BASE:-python:3.11-slim}"
+MOSQUITTO_BASE = "${EPIC_MOSQUITTO_BASE:-eclipse-mosquitto:2}"
+GATHERS = f"${{EPIC_GATHERS:-{DEFAULT_GATHERS}}}"
+MODE = "${EPIC_MODE:-epic}"
+RATE = "${EPIC_RATE:-realtime}"
+HEALTH = {"interval": "2s", "timeout": "10s", "retries": 60}
+
+_HEADER = """\
+# GENERATED from {source} by `epic testbed compose` (emulation/compose.py): do not edit by
+# hand; edit the topology and run the command again (a unit test checks they agree).
+#
+#   docker compose up        # builds the images, generates credentials, runs broker, central,
+#                            # link proxies and {n} devices, decodes the demo gathers; results
+#                            # go to ./runs/compose (`epic report runs/compose --out DIR`)
+#   docker compose down -v   # removes containers, networks and the run volume (credentials)
+#
+# Knobs (environment): EPIC_GATHERS ({gathers}), EPIC_RATE (realtime|max), EPIC_MODE (epic|raw),
+# EPIC_DATA (OpenFWI-layout dir, default ./docker/demo), EPIC_RESULTS (./runs/compose),
+# EPIC_PYTHON_BASE / EPIC_MOSQUITTO_BASE (base images; docker/build-local-base.sh builds
+# local ones for machines without a registry). See emulation/compose.py and README.md.
+"""
+
+
+def _build(dockerfile: str, base: str) -> dict[str, Any]:
+    return {"context": ".", "dockerfile": dockerfile, "args": {"BASE": base}}
+
+
+def _python_check(code: str) -> dict[str, Any]:
+    return {"test": ["CMD", "python", "-c", code], **HEALTH}
+
+
+def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -> dict[str, Any]:
+    """The compose file for ``topology`` as a dict (services in start order)."""
+    run = f"run:{RUN_DIR}"
+    topo = f"{RUN_DIR}/topology.yaml"
+    central_build = _build("central/Dockerfile", PYTHON_BASE)
+    device_build = _build("devices/Dockerfile", PYTHON_BASE)
+    labels = {"epic.testbed": topology.testbed}
+    devices = [d.id for d in topology.devices]
+    after_init = {"init": {"condition": "service_completed_successfully"}}
+    services: dict[str, Any] = {
+        "init": {
+            "build": central_build, "image": CENTRAL_BUILD_IMAGE, "user": "0:0",
+            "network_mode": "none",
+            "command": ["python", "-m", "emulation.compose_steps", "init", "--topology",
+                        "/config/topology.yaml", "--rundir", RUN_DIR, "--data", "/data",
+                        "--gathers", GATHERS, "--owner", RUN_USER],
+            "volumes": [run, f"{topology_file}:/config/topology.yaml:ro",
+                        "${EPIC_DATA:-./docker/demo}:/data:ro"],
+            "labels": {**labels, "epic.role": "init"},
+        },
+        "broker": {
+            "build": _build("broker/Dockerfile", MOSQUITTO_BASE), "image": BROKER_BUILD_IMAGE,
+            "user": RUN_USER, "depends_on": after_init,
+            "command": ["/usr/sbin/mosquitto", "-c", f"{RUN_DIR}/mosquitto.conf"],
+            "volumes": [run], "networks": ["core"],
+            "labels": {**labels, "epic.role": "broker"},
+        },
+        "central": {
+            "build": central_build, "image": CENTRAL_BUILD_IMAGE, "user": RUN_USER,
+            "depends_on": {**after_init, "broker": {"condition": "service_started"}},
+            "environment": {"EPIC_TOPOLOGY": topo, "EPIC_RUNDIR": RUN_DIR,
+                            "EPIC_DECODER": DECODERS_IN_IMAGE,
+                            "EPIC_TRUTH": DATA_IN_RUN, "EPIC_BROKER_HOST": "broker",
+                            "EPIC_BROKER_PORT": str(BROKER_PORT)},
+            "volumes": [run], "networks": ["core"],
+            "healthcheck": _python_check(
+                f"import json; assert json.load(open('{RUN_DIR}/central-status.json'))"
+                "['connected']"),
+            "labels": {**labels, "epic.role": "central"},
+        },
+        "link-proxies": {
+            "build": central_build, "image": CENTRAL_BUILD_IMAGE, "user": RUN_USER,
+            "depends_on": {**after_init, "broker": {"condition": "service_started"},
+                           "central": {"condition": "service_started"}},
+            "command": ["python", "-m", "emulation.proxy", "--topology", topo, "--rundir",
+                        RUN_DIR, "--broker-host", "broker", "--broker-port", str(BROKER_PORT),
+                        "--listen-host", "0.0.0.0", "--listen-port", str(PROXY_BASE_PORT)],
+            "volumes": [run], "networks": ["core", "edge"],
+            "healthcheck": _python_check(
+                f"import glob; assert len(glob.glob('{RUN_DIR}/proxy-*.json')) >= {len(devices)}"),
+            "labels": {**labels, "epic.role": "link-proxies",
+                       "epic.listen_base_port": str(PROXY_BASE_PORT)},
+        },
+    }
+    for index, device in enumerate(topology.devices):
+        first, last = device.receivers
+        services[device.id] = {
+            "build": device_build, "image": DEVICE_BUILD_IMAGE, "user": RUN_USER,
+            "depends_on": {"central": {"condition": "service_healthy"},
+                           "link-proxies": {"condition": "service_healthy"}},
+            "entrypoint": ["python", "-m", "devices.start_at"],
+            "environment": {"EPIC_TOPOLOGY": topo, "EPIC_RUNDIR": RUN_DIR,
+                            "EPIC_ENCODERS": "/models/epic-flatvel-a/manifest.json",
+                            "EPIC_DATA": DATA_IN_RUN, "EPIC_MODE": MODE,
+                            "EPIC_GATHERS": GATHERS, "EPIC_RATE": RATE,
+                            "EPIC_BROKER_HOST": "link-proxies",
+                            "EPIC_BROKER_PORT": str(PROXY_BASE_PORT + index),
+                            "EPIC_DEVICE_ID": str(device.number)},
+            "volumes": [run], "networks": ["edge"], "restart": "no",
+            "labels": {**labels, "epic.role": "device", "epic.device": device.id,
+                       "epic.receivers": f"{first}-{last}", "epic.link": device.link},
+        }
+    services["results"] = {
+        "build": central_build, "image": CENTRAL_BUILD_IMAGE, "user": "0:0",
+        "network_mode": "none",
+        "depends_on": {d: {"condition": "service_completed_successfully"} for d in devices},
+        "command": ["python", "-m", "emulation.compose_steps", "collect", "--rundir", RUN_DIR,
+                    "--out", RESULTS_DIR, "--gathers", GATHERS, "--mode", MODE, "--rate", RATE,
+                    "--owner-of", "/config/topology.yaml",
+                    "--shown-as", "${EPIC_RESULTS:-./runs/compose}"],
+        "volumes": [run, f"{topology_file}:/config/topology.yaml:ro",
+                    f"${{EPIC_RESULTS:-./runs/compose}}:{RESULTS_DIR}"],
+        "labels": {**labels, "epic.role": "results"},
+    }
+    return {
+        "services": services,
+        "networks": {"core": {"labels": labels}, "edge": {"labels": labels}},
+        "volumes": {"run": {"labels": labels}},
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, no anchors; lists of scalars on one line; strings with ':' or '$' quoted."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(isinstance(x, str | int | float) for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = '"' if any(c in data for c in ":$'{}[]#,") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(list, _list)
+_Dumper.add_representer(str, _str)
+
+
+def compose_text(topology: Topology, source: str = "topology.yaml") -> str:
+    """The text of docker-compose.yml for ``topology`` (a header, then the YAML)."""
+    body = yaml.dump(compose_config(topology, f"./{source}"), Dumper=_Dumper,
+                     sort_keys=False, width=100, default_flow_style=False)
+    header = _HEADER.format(source=source, n=len(topology.devices), gathers=DEFAULT_GATHERS)
+    return header + "\n" + body
+
+
+def write_compose(topology_path: Path = REPO / "topology.yaml",
+                  out: Path = COMPOSE_FILE) -> Path:
+    """Write the compose file for ``topology_path`` to ``out``; return ``out``.
+
+    Compose bind-mounts the topology by its path relative to the compose file's directory.
+    """
+    topology_path, out = Path(topology_path).resolve(), Path(out).resolve()
+    topology = load_topology(topology_path)
+    source = os.path.relpath(topology_path, out.parent)
+    out.write_text(compose_text(topology, source=source))
+    return out

@@ -1,0 +1,322 @@
+"""The one-shot steps of docker-compose.yml: ``init`` and ``collect``; and ``pack-demo``.
+
+``python -m emulation.compose_steps init --topology T --rundir R --data D --gathers N
+--owner UID:GID`` (the ``init`` service, as root): broker credentials, ACL and conf in R
+(:func:`emulation.testbed.prepare_compose_runtime`; kept when R already holds credentials for
+the same testbed and devices, because a running broker only knows the ones it started with),
+R/topology.yaml, stale status files removed, N gathers of D unpacked to R/data (D is a packed
+demo set, see ``pack-demo``, or an OpenFWI-layout directory), and R given to UID:GID.
+
+``python -m emulation.compose_steps collect --rundir R --out O --gathers N --mode M`` (the
+``results`` service, after every device exited): waits until central decoded gathers 0..N-1,
+writes R/replay.json (the shape ``epic replay`` writes, so ``epic report`` reads it), copies the
+results (never the credentials, ACL, conf or broker database) to O, owned like ``--owner-of``,
+and logs a summary. Exit status 1 if a gather is missing after ``--timeout-s``.
+
+``python -m emulation.compose_steps pack-demo SRC OUT`` (on a host with the training extras):
+packs the gathers of an OpenFWI-layout directory made by ``epic data synth`` into OUT as
+``data.npy.xz`` (float16: half the bytes, relative error < 1e-3) and ``model.npy.xz``, with
+SRC's card.json. docker/demo is made this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import lzma
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from epic.errors import InputError
+
+__all__ = ["collect", "init", "main", "pack_demo", "unpack_data"]
+
+log = logging.getLogger("compose")
+
+PACKED_DATA, PACKED_MODEL = "data.npy.xz", "model.npy.xz"
+STALE = ("central-status.json", "proxy-*.json", "agent-*.json", "replay-start.json",
+         "faults.json", "agents.json", "replay.json")
+PRIVATE = {"credentials.json", "passwd", "acl", "mosquitto.conf", "persistence", "tls",
+           "data"}  # never copied to the results (data goes to results/data, see collect)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chown(os.path.join(base, name), uid, gid, follow_symlinks=False)
+
+
+def _owner(spec: str) -> tuple[int, int]:
+    try:
+        uid, gid = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise InputError(f"--owner must be UID:GID, got {spec!r}") from None
+    return uid, gid
+
+
+def _credentials_match(rundir: Path, testbed: str, users: set[str]) -> bool:
+    try:
+        data = json.loads((rundir / "credentials.json").read_text())
+    except (OSError, ValueError):
+        return False
+    passwords = set(data.get("passwords", {}))
+    return (data.get("testbed") == testbed and users <= passwords
+            and not {u for u in passwords - users if u.startswith("device-")}
+            and (rundir / "passwd").is_file() and (rundir / "mosquitto.conf").is_file())
+
+
+def unpack_data(source: Path, dest: Path, gathers: int) -> tuple[int, str]:
+    """Write gathers 0..gathers-1 of ``source`` to ``dest`` as data0.npy / model0.npy.
+
+    ``source`` is a packed demo set (data.npy.xz, model.npy.xz) or an OpenFWI-layout
+    directory. Returns (gathers written, a description of the source).
+    """
+    from epic.data.openfwi import OpenFWIDataset
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in [*dest.glob("data*.npy"), *dest.glob("model*.npy")]:
+        old.unlink()
+    if (source / PACKED_DATA).is_file():
+        with lzma.open(source / PACKED_DATA) as handle:
+            data = np.load(handle, allow_pickle=False)
+        with lzma.open(source / PACKED_MODEL) as handle:
+            model = np.load(handle, allow_pickle=False)
+        card = {}
+        if (source / "card.json").is_file():
+            card = json.loads((source / "card.json").read_text())
+        kind = card.get("generator", {}).get("kind", "?")
+        what = (f"{card.get('title', 'packed')} demo set ({kind} maps, seed "
+                f"{card.get('seed', '?')}, made by `epic data synth`)")
+    else:
+        dataset = OpenFWIDataset(source, require_models=False)
+        n = min(gathers, len(dataset))
+        items = [dataset[i] for i in range(n)]
+        data = np.stack([d for d, _ in items])
+        model = (np.stack([m for _, m in items]) if all(m is not None for _, m in items)
+                 else None)
+        what = f"OpenFWI-layout directory mounted as {source}"
+    if gathers > len(data):
+        raise InputError(f"EPIC_GATHERS={gathers} but {source} holds {len(data)} gathers")
+    np.save(dest / "data0.npy", np.ascontiguousarray(data[:gathers], dtype=np.float32))
+    if model is not None:
+        np.save(dest / "model0.npy", np.ascontiguousarray(model[:gathers], dtype=np.float32))
+    return gathers, what
+
+
+def init(topology_path: Path, rundir: Path, data: Path, gathers: int, owner: str) -> None:
+    """The ``init`` service: credentials, conf, topology copy, demo data, ownership."""
+    from emulation.testbed import prepare_compose_runtime
+    from epic.broker import CENTRAL_USER
+    from epic.topology import load_topology
+    from epic.wire import device_name
+
+    uid, gid = _owner(owner)
+    if gathers < 1:
+        raise InputError(f"EPIC_GATHERS must be >= 1, got {gathers}")
+    topology = load_topology(topology_path)
+    rundir.mkdir(parents=True, exist_ok=True)
+    users = {CENTRAL_USER, *(device_name(d.number) for d in topology.devices)}
+    if _credentials_match(rundir, topology.testbed, users):
+        shutil.copyfile(topology_path, rundir / "topology.yaml")
+        log.info("init: credentials for %d users kept from the run volume (a running broker "
+                 "knows them); `docker compose down -v` discards them", len(users))
+    else:
+        prepare_compose_runtime(topology_path, rundir)
+        log.info("init: generated credentials for %s, ACL and mosquitto.conf in the run volume "
+                 "%s (never in an image or the repository)", ", ".join(sorted(users)), rundir)
+    for pattern in STALE:
+        for path in rundir.glob(pattern):
+            path.unlink()
+    if (rundir / "results.jsonl").is_file():  # an earlier up's results: keep them aside
+        os.replace(rundir / "results.jsonl", rundir / f"results-{int(time.time())}.jsonl")
+    n, what = unpack_data(data, rundir / "data", gathers)
+    log.info("init: %d gathers from the %s in %s/data", n, what, rundir)
+    (rundir / "logs").mkdir(exist_ok=True)
+    _chown_tree(rundir, uid, gid)
+    log.info("init: testbed %s, %d devices (%s); broker, central and link proxies start next",
+             topology.testbed, len(topology.devices),
+             ", ".join(f"{d.id} {d.link}" for d in topology.devices))
+
+
+def _records(rundir: Path) -> list[dict]:
+    path = rundir / "results.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written
+            continue
+    return out
+
+
+def _summary(rundir: Path, records: list[dict], mode: str, gathers: int, rate: str) -> dict:
+    """RUNDIR/replay.json's content for this compose run (as :func:`emulation.replay.replay`)."""
+    from emulation.replay import _predict, fidelity_cost, summarize_mode
+    from epic.topology import load_topology
+
+    topology = load_topology(rundir / "topology.yaml")
+    devices = [d.id for d in topology.devices]
+    after = {}
+    for device in devices:
+        try:
+            after[device] = json.loads((rundir / f"proxy-{device}.json").read_text())
+        except (OSError, ValueError):
+            after[device] = {"energy_j": {}, "up_wire_bytes": 0, "resent_rounds": 0}
+    before = {d: {"energy_j": dict.fromkeys(s["energy_j"], 0.0), "up_wire_bytes": 0,
+                  "resent_rounds": 0} for d, s in after.items()}  # the proxies started at 0
+    summary = summarize_mode(mode, records, before, after) if records else None
+    if summary is not None:
+        summary["fidelity_cost"] = fidelity_cost(records, [], None)
+        agents = {}
+        for device in devices:
+            try:
+                agents[device] = json.loads((rundir / f"agent-{device}.json").read_text())
+            except (OSError, ValueError):
+                continue
+        summary["agents"] = {"start_at_unix_s": next(
+            (a.get("start_at_unix_s") for a in agents.values()), None)}
+    modes = {mode: summary} if summary else {}
+    prediction = None
+    if summary is not None:
+        try:
+            prediction = _predict(str(rundir / "topology.yaml"), (mode,), gathers, modes, 0)
+        except Exception as exc:  # the prediction is a bonus; never lose the results for it
+            log.warning("results: no model prediction (%s)", exc)
+    return {"testbed": topology.testbed, "topology": "topology.yaml", "data": "data",
+            "shots": gathers, "start": 0, "rate": rate, "modes": modes, "dead_devices": [],
+            "raw_decoded": mode == "raw", "truth": "data" if (rundir / "data" / "model0.npy")
+            .is_file() else None, "ratios": None, "prediction": prediction,
+            "runtime": "compose"}
+
+
+def collect(rundir: Path, out: Path, gathers: int, mode: str, rate: str = "realtime",
+            owner_of: Path | None = None, shown_as: str | None = None,
+            timeout_s: float = 120.0) -> bool:
+    """The ``results`` service; True if every gather was decoded."""
+    central_mode = {"epic": "latent", "raw": "raw"}[mode]
+    want = set(range(gathers))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = [r for r in _records(rundir)
+                   if r.get("mode") == central_mode and r.get("gather") in want]
+        if {r["gather"] for r in records} >= want or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    latest = {r["gather"]: r for r in records}  # one record per gather
+    records = [latest[g] for g in sorted(latest)]
+    missing = sorted(want - set(latest))
+    replay = _summary(rundir, records, mode, gathers, rate)
+    (rundir / "replay.json").write_text(json.dumps(replay, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in rundir.iterdir():
+        if entry.name in PRIVATE or entry.name.startswith("."):
+            continue
+        target = out / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(entry, target)
+    if (rundir / "data").is_dir():  # the replayed gathers and true maps (`epic report` plots them)
+        shutil.copytree(rundir / "data", out / "data", dirs_exist_ok=True)
+    if owner_of is not None and owner_of.exists():
+        st = owner_of.stat()
+        _chown_tree(out, st.st_uid, st.st_gid)
+    where = shown_as or str(out)
+    summary = replay["modes"].get(mode)
+    partial = summary["partial"] if summary else 0
+    log.info("results: central decoded %d of %d gathers in %s mode (%d partial) to %d maps",
+             len(records), gathers, mode, partial, sum(1 for r in records if r.get("map")))
+    if summary:
+        lat = summary["capture_to_decode_s"]
+        fid = summary.get("fidelity")
+        log.info("results: capture -> decode p50 %.1f ms, p95 %.1f ms; %.0f bytes per gather; "
+                 "%s", lat["p50"] * 1e3, lat["p95"] * 1e3, summary["bytes_per_gather"],
+                 ", ".join(f"{k.upper()} {v:.4f}" for k, v in fid.items()) if fid
+                 else "no fidelity (no true maps)")
+    if missing:
+        log.error("results: no decode for gathers %s within %.0f s; see `docker compose logs "
+                  "central`", missing, timeout_s)
+    log.info("results: written to %s (results.jsonl, maps/<mode>-<gather>.npy, replay.json, "
+             "status files); `epic report %s --out reports/compose` makes the report", where,
+             where)
+    log.info("results: done. Broker, central and link proxies keep running: Ctrl-C, then "
+             "`docker compose down -v` removes everything (containers, networks, credentials)")
+    return not missing
+
+
+def pack_demo(source: Path, out: Path, count: int | None = None) -> Path:
+    """Pack an OpenFWI-layout directory (``epic data synth`` output) into ``out``."""
+    from epic.data.openfwi import OpenFWIDataset
+
+    dataset = OpenFWIDataset(source)
+    n = len(dataset) if count is None else min(count, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    data = np.stack([d for d, _ in items]).astype(np.float16)
+    model = np.stack([m for _, m in items]).astype(np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, array in ((PACKED_DATA, data), (PACKED_MODEL, model)):
+        with lzma.open(out / name, "wb", preset=9) as handle:
+            np.save(handle, array, allow_pickle=False)
+    card = {}
+    if (source / "card.json").is_file():
+        card = json.loads((source / "card.json").read_text())
+    card.update(count=n, packed={"data": f"{PACKED_DATA}: float16 (N, 5, 1000, 70), xz",
+                                 "model": f"{PACKED_MODEL}: float32 (N, 1, 70, 70) m/s, xz",
+                                 "unpacked_by": "emulation.compose_steps init (float32)"})
+    card.pop("created_utc", None)
+    card.pop("synthesis_wall_s", None)
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: init | collect | pack-demo; 2 on bad input."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    parser = argparse.ArgumentParser(prog="python -m emulation.compose_steps")
+    sub = parser.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("init")
+    p.add_argument("--topology", type=Path, required=True)
+    p.add_argument("--rundir", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--gathers", type=int, required=True)
+    p.add_argument("--owner", default="10001:10001")
+    p = sub.add_parser("collect")
+    p.add_argument("--rundir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--gathers", type=int, required=True)
+    p.add_argument("--mode", choices=("epic", "raw"), default="epic")
+    p.add_argument("--rate", default="realtime")
+    p.add_argument("--owner-of", type=Path, default=None)
+    p.add_argument("--shown-as", default=None)
+    p.add_argument("--timeout-s", type=float, default=120.0)
+    p = sub.add_parser("pack-demo")
+    p.add_argument("source", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--count", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.step == "init":
+            init(args.topology, args.rundir, args.data, args.gathers, args.owner)
+        elif args.step == "collect":
+            return 0 if collect(args.rundir, args.out, args.gathers, args.mode, args.rate,
+                                args.owner_of, args.shown_as, args.timeout_s) else 1
+        else:
+            log.info("packed into %s", pack_demo(args.source, args.out, args.count))
+    except InputError as exc:  # also DataError, TopologyError
+        log.error("%s: %s", args.step, exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
