@@ -41,7 +41,7 @@ BROKER_PORT = 1883
 PROXY_BASE_PORT = 18830
 RESIDENT: tuple[str, ...] = ("broker", "central", "link-proxies")  # start order
 ENCODERS_IN_IMAGE = "/models/epic-flatvel-a/manifest.json"
-CHECKPOINT_IN_IMAGE = "/app/artifacts/epic-flatvel-a.pt"
+DECODERS_IN_IMAGE = "/app/artifacts/decoders/flatvel-a/manifest.json"  # torch-free (ONNX)
 RUNTIME_LABELS = ("epic.testbed", "epic.rundir", "epic.service")  # added to compose's
 
 
@@ -105,7 +105,8 @@ def container_specs(topology: Topology, rundir: Path, *, data_dir: Path = REPO /
         mode, gathers, rate: the devices' EPIC_MODE, EPIC_GATHERS, EPIC_RATE.
         broker_host_port: host port the broker is published on, or None for none.
         checkpoint, raw_checkpoint, truth: host files for central, mounted read-only at the
-            same path; None keeps the image's checkpoint (compose's setting) or omits them.
+            same path; None omits them (central decodes with the image's torch-free decoders,
+            which it prefers over checkpoints: the image has no torch).
     """
     rundir = Path(rundir).resolve()
     run = str(rundir)
@@ -118,7 +119,7 @@ def container_specs(topology: Topology, rundir: Path, *, data_dir: Path = REPO /
                 "epic.service": service}
 
     central_env = {"EPIC_TOPOLOGY": topo_file, "EPIC_RUNDIR": run,
-                   "EPIC_CHECKPOINT": CHECKPOINT_IN_IMAGE, "EPIC_BROKER_HOST": "broker",
+                   "EPIC_DECODER": DECODERS_IN_IMAGE, "EPIC_BROKER_HOST": "broker",
                    "EPIC_BROKER_PORT": str(BROKER_PORT)}
     central_volumes = dict(mount)
     for var, path in (("EPIC_CHECKPOINT", checkpoint), ("EPIC_RAW_CHECKPOINT", raw_checkpoint),
