@@ -271,7 +271,7 @@ def test_foreign_frames_never_reach_the_decoder(env: Env) -> None:
     model, _ = load_checkpoint(env.epic_path)
     frames = encode_latents(model, normalised_gather(3), gather_id=3,
                             device_ids=(2, STRANGER, 1, 4, 5))
-    _, rejected_before = env.counters()
+    accepted_before, rejected_before = env.counters()
     one, stranger = env.device(1), env.device(STRANGER)
     try:
         one.send(frames[2])  # device 2's frame on device 1's topic
@@ -285,10 +285,12 @@ def test_foreign_frames_never_reach_the_decoder(env: Env) -> None:
         return all(rejected.get(r, 0) == rejected_before.get(r, 0) + 1
                    for r in ("wrong_topic", "unknown_device"))
 
-    env.central.wait(counted, timeout_s=10)
-    time.sleep(DEADLINE_S + 0.5)  # had either been assembled, gather 3 would be decoded now
+    # the snapshot that counts both rejections: had either frame been assembled instead, it
+    # would be accepted and its gather open (pending) until the deadline
+    status = env.central.wait(counted, timeout_s=10)
+    assert status["frames"]["accepted"] == accepted_before, status["frames"]
+    assert status["gathers"]["pending"] == 0, status["gathers"]
     assert ("latent", 3) not in env.central.results()
-    assert env.central.status()["gathers"]["pending"] == 0
 
 
 def test_broker_restart_mid_stream_loses_nothing(env: Env) -> None:
@@ -370,6 +372,12 @@ def test_fuzz_every_frame_is_accounted_for(env: Env) -> None:
         sent = publisher.publish_all(((publisher.topic(c), p, 1 if i < 500 else 0)
                                       for i, (c, p) in enumerate(payloads)), timeout_s=120)
         publish_s = time.monotonic() - start
+        # a last valid frame on the same connection: the broker routes one connection's
+        # publishes in order, so once central counts it, every fuzz frame was counted first
+        now_ns = time.time_ns()
+        marker = Frame(Kind.LATENT, 1, 99_999, Dtype.INT8, (14, 64), bytes(14 * 64),
+                       scale=0.05, capture_ns=now_ns, encode_end_ns=now_ns, publish_ns=now_ns)
+        publisher.publish_all([(publisher.topic(), marker.encode(), 1)])
     finally:
         publisher.close()
 
@@ -378,11 +386,9 @@ def test_fuzz_every_frame_is_accounted_for(env: Env) -> None:
         return frames["accepted"] + sum(frames["rejected"].values())
 
     before = accepted_before + sum(rejected_before.values())
-    status = env.central.wait(lambda s: total(s) - before >= n, timeout_s=60)
-    time.sleep(1.5)  # nothing more may trickle in
-    status = env.central.status()
+    status = env.central.wait(lambda s: total(s) - before >= n + 1, timeout_s=60)
     assert env.central.proc.poll() is None
-    assert total(status) - before == sent == n
+    assert total(status) - before == sent + 1 == n + 1  # the fuzz, then the marker
     reasons = {r for r, c in status["frames"]["rejected"].items()
                if c > rejected_before.get(r, 0)}
     assert status["frames"]["accepted"] > accepted_before

@@ -56,11 +56,8 @@ def test_kill_device_gives_flagged_partial_decodes_with_their_cost(tmp_path, run
     # a full replay first: the baseline of the fidelity cost, and the shared start
     full = replay(run_dir, tiny_dataset, 1, "epic", "max", timeout_s=60)["modes"]["epic"]
     assert full["partial"] == 0 and full["agents"]["started"] == DEVICES
-    (first,) = _records(run_dir, range(1))
-    captures_ms = [d["capture_ns"] / 1e6 for d in first["devices"].values()]
-    assert max(captures_ms) - min(captures_ms) < 50, captures_ms  # measured ~1-3 ms
-    lags = full["agents"]["start_lag_s"]
-    assert set(lags) == set(DEVICES) and all(0 <= lag < 0.05 for lag in lags.values()), lags
+    lags = full["agents"]["start_lag_s"]  # how closely they start together: a benchmark below
+    assert set(lags) == set(DEVICES) and all(lag >= 0 for lag in lags.values()), lags
 
     code, out, err = _epic(capsys, "testbed", "fault", "kill-device", "device-9", "--dir", rd)
     assert code == 2 and "device-9" in err and "device-1, device-2" in err, err
@@ -115,6 +112,21 @@ def test_kill_device_gives_flagged_partial_decodes_with_their_cost(tmp_path, run
     assert cost["full"]["mae"] == pytest.approx(last["metrics"]["mae"])
 
 
+@pytest.mark.benchmark
+def test_benchmark_shared_start_spread(tmp_path, run_dir, tiny_dataset):
+    """How closely the agents start together (wall clock: a benchmark, not the default run).
+
+    Measured ~1-3 ms between the five capture instants on the idle machine."""
+    testbed.up(_fast_topology(tmp_path), run_dir, timeout_s=90)
+    full = replay(run_dir, tiny_dataset, 1, "epic", "max", timeout_s=60)["modes"]["epic"]
+    (first,) = _records(run_dir, range(1))
+    captures_ms = [d["capture_ns"] / 1e6 for d in first["devices"].values()]
+    lags = full["agents"]["start_lag_s"]
+    print(f"capture spread {max(captures_ms) - min(captures_ms):.1f} ms, start lags {lags}")
+    assert max(captures_ms) - min(captures_ms) < 50, captures_ms
+    assert all(0 <= lag < 0.05 for lag in lags.values()), lags
+
+
 def test_kill_device_during_a_realtime_replay(tmp_path, run_dir, tiny_dataset):
     testbed.up(_fast_topology(tmp_path), run_dir, truth=tiny_dataset, timeout_s=90)
     result: dict = {}
@@ -125,7 +137,6 @@ def test_kill_device_during_a_realtime_replay(tmp_path, run_dir, tiny_dataset):
     while "device-2" not in running_agents(run_dir):
         assert time.monotonic() < deadline and worker.is_alive(), "agents never started"
         time.sleep(0.05)
-    time.sleep(0.5)
     pid = kill_device(run_dir, "device-2")  # before gather 0 is complete (T + 5 s)
     assert pid is not None
     worker.join(60)

@@ -209,7 +209,10 @@ def test_broker_restart_and_a_degraded_link(tmp_path, rundir, tiny_dataset):
     assert testbed.status(rundir)["roles"]["broker"]["alive"]
     degrade_link(rundir, "device-2", bandwidth_bps=100e3)  # 1 KB latent: ~80 ms on the wire
     assert "fast-device-2" in (rundir / "topology.yaml").read_text()
-    time.sleep(1.5)  # the proxies poll the file every 0.5 s
+    deadline = time.monotonic() + 15  # the proxies poll the file, then rewrite their status
+    while json.loads((rundir / "proxy-device-2.json").read_text())["link"] != "fast-device-2":
+        assert time.monotonic() < deadline, "the proxy never reloaded the degraded link"
+        time.sleep(0.05)
     result = replay(rundir, tiny_dataset, SHOTS, "epic", "max", timeout_s=120)
     assert result["modes"]["epic"]["gathers"] == SHOTS  # nothing lost across the restart
     records = [json.loads(line) for line in (rundir / "results.jsonl").read_text().splitlines()]

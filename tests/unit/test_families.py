@@ -153,6 +153,7 @@ def test_style_a_is_smoother_than_style_b(batches):
     assert distinct_counts(batches["style-a"]).min() > 50
 
 
+@pytest.mark.benchmark
 def test_generation_is_fast():
     start = time.perf_counter()
     for name in FAMILY_NAMES:

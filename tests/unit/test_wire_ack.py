@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -29,7 +30,7 @@ def test_a_range_set_holds_exactly_what_was_added(gathers: list[int]) -> None:
         ids.add(gather)
     assert {g for g in range(302) if g in ids} == set(gathers)
     ranges = ids.ranges()
-    assert all(hi + 1 < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:], strict=False))
+    assert all(hi + 1 < lo for (_, hi), (lo, _) in itertools.pairwise(ranges))
 
 
 def test_only_the_newest_ranges_are_kept() -> None:
