@@ -185,8 +185,9 @@ def up(topology_path: Path, rundir: Path, *, build: bool = True,
     (rundir / "logs").mkdir(exist_ok=True)
     for stale in [rundir / "central-status.json", *rundir.glob("proxy-*.json")]:
         stale.unlink(missing_ok=True)
-    if (rundir / "results.jsonl").is_file():  # a new central: keep the old results aside
-        os.replace(rundir / "results.jsonl", rundir / f"results-{int(time.time())}.jsonl")
+    for name in ("results", "dropped"):  # a new central: keep the old records aside
+        if (rundir / f"{name}.jsonl").is_file():
+            os.replace(rundir / f"{name}.jsonl", rundir / f"{name}-{int(time.time())}.jsonl")
     specs = container_specs(topology, rundir, broker_host_port=broker_host_port,
                             checkpoint=checkpoint, raw_checkpoint=raw_checkpoint, truth=truth)
     network = f"{topology.testbed}-net"

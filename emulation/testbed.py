@@ -13,13 +13,14 @@ The roles read RUNDIR/topology.yaml, a copy of the given file: the proxies hot-r
 
 It waits for health (the broker accepts TCP, central-status.json says ``connected``, every
 proxy-<device>.json exists) and writes ``RUNDIR/testbed.json``: the PIDs (with their kernel
-start times, so a recycled PID is never signalled), ports and paths. A results.jsonl left by
-an earlier testbed in RUNDIR is renamed ``results-<unix s>.jsonl`` (the new central starts
-empty).
+start times, so a recycled PID is never signalled), ports and paths. A results.jsonl (and
+dropped.jsonl) left by an earlier testbed in RUNDIR is renamed ``results-<unix s>.jsonl``
+(the new central starts empty).
 
 Device agents are NOT kept running: an agent replays a given set of gathers and exits
 (:mod:`emulation.replay` starts them per run, through their proxies). The ACL lets a device
-read nothing, so a resident agent could not be commanded over MQTT anyway.
+read only central's confirmations for it, so a resident agent could not be commanded over
+MQTT anyway.
 
 ``down(rundir)`` sends SIGTERM to each recorded process group, SIGKILL after ``timeout_s``,
 and is always safe to run (no testbed.json, or dead PIDs, is not an error).
@@ -235,7 +236,7 @@ def up(topology_path: Path, rundir: Path, *, checkpoint: Path = DEFAULT_CHECKPOI
     created = not rundir.exists()
     before = set() if created else {p.name for p in rundir.iterdir()}
     started: list[tuple[subprocess.Popen, RoleProcess]] = []
-    kept_results: list[Path] = []
+    kept_results: list[tuple[Path, Path]] = []  # (central's record file, where it was kept)
     try:
         return _start(topology_path, topology, rundir, checkpoint, raw_checkpoint, truth,
                       broker_port, host, mosquitto, timeout_s, started, kept_results)
@@ -249,9 +250,10 @@ def _start(topology_path: Path, topology: Topology, rundir: Path, checkpoint: Pa
            raw_checkpoint: Path | None, truth: Path | None, broker_port: int | None,
            host: str, mosquitto: str, timeout_s: float,
            started: list[tuple[subprocess.Popen, RoleProcess]],
-           kept_results: list[Path]) -> TestbedInfo:
+           kept_results: list[tuple[Path, Path]]) -> TestbedInfo:
     """`up` once its inputs are checked; appends to ``started`` and ``kept_results`` (an
-    earlier results.jsonl moved aside) as it goes, so that `up` can undo a failure."""
+    earlier results.jsonl or dropped.jsonl moved aside) as it goes, so that `up` can undo a
+    failure."""
     port = broker_port or free_port(host)
     devices = tuple(d.id for d in topology.devices)
     runtime = prepare_runtime(rundir, testbed=topology.testbed, host=host, port=port,
@@ -261,9 +263,11 @@ def _start(topology_path: Path, topology: Topology, rundir: Path, checkpoint: Pa
     for stale in [rundir / "central-status.json", *rundir.glob("proxy-*.json"),
                   rundir / "faults.json", rundir / "agents.json"]:  # a new testbed: no faults
         stale.unlink(missing_ok=True)
-    if (rundir / "results.jsonl").is_file():  # a new central: keep the old results aside
-        kept_results.append(rundir / f"results-{int(time.time())}.jsonl")
-        os.replace(rundir / "results.jsonl", kept_results[0])
+    for name in ("results", "dropped"):  # a new central: keep the old records aside
+        if (rundir / f"{name}.jsonl").is_file():
+            kept_results.append((rundir / f"{name}.jsonl",
+                                 rundir / f"{name}-{int(time.time())}.jsonl"))
+            os.replace(*kept_results[-1])
     if topology_path != rundir / "topology.yaml":  # the roles watch a copy: faults edit it
         shutil.copyfile(topology_path, rundir / "topology.yaml")
         topology_path = rundir / "topology.yaml"
@@ -325,18 +329,20 @@ def check_models(topology_path: Path, topology: Topology, checkpoint: Path,
         load_checkpoint(raw_checkpoint, expected_model="inversionnet")
 
 
-def _remove_partial(rundir: Path, created: bool, before: set[str], kept_results: list[Path],
-                    keep: Path) -> None:
+def _remove_partial(rundir: Path, created: bool, before: set[str],
+                    kept_results: list[tuple[Path, Path]], keep: Path) -> None:
     """Undo a failed `up` in ``rundir`` (its processes stopped): remove the run dir if `up`
     created it, else what `up` added (testbed.json and the roles' status files included),
-    and put an earlier results.jsonl back. ``keep`` (the user's topology file) is kept."""
+    and put an earlier results.jsonl and dropped.jsonl back. ``keep`` (the user's topology
+    file) is kept."""
     if not rundir.is_dir():
         return
     if created and not keep.is_relative_to(rundir):
         shutil.rmtree(rundir, ignore_errors=True)
         return
-    if kept_results and kept_results[0].is_file():
-        os.replace(kept_results[0], rundir / "results.jsonl")
+    for original, kept in kept_results:
+        if kept.is_file():
+            os.replace(kept, original)
     ours = {TESTBED_FILE, f".{TESTBED_FILE}.tmp", "central-status.json"}
     for entry in rundir.iterdir():
         status = entry.name.startswith("proxy-") and entry.suffix == ".json"
