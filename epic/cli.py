@@ -1,7 +1,9 @@
 """``epic <verb>``: a thin command-line layer over the library.
 
 Bad input (an :class:`~epic.errors.InputError` or a usage error) prints one line on stderr,
-``epic: error: ...``, and exits with status 2; it never shows a traceback.
+``epic: error: ...``, and exits with status 2; a run-time failure (:class:`~epic.errors.RunError`:
+a role exited, results did not come) prints one line the same way and exits with status 1.
+Neither shows a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import click
 import numpy as np
 
 from epic.cli_testbed import replay_cmd, report_cmd, testbed
-from epic.errors import InputError
+from epic.errors import EXIT_STATUS, InputError, RunError
 
 __all__ = ["cli", "main"]
 
@@ -327,7 +329,8 @@ cli.add_command(report_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit status (2 for bad input, with one line on stderr)."""
+    """Run the CLI; return the exit status (2 for bad input, 1 for a run-time failure, each with
+    one line on stderr)."""
     try:
         # without standalone mode click returns a command's Exit(code) as the value
         status = cli.main(args=argv, prog_name="epic", standalone_mode=False)
@@ -338,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as exc:
         click.echo(f"epic: error: {exc.format_message()}", err=True)
         return 2
-    except InputError as exc:
+    except (InputError, RunError) as exc:
         click.echo(f"epic: error: {exc}", err=True)
-        return 2
+        return next(code for kind, code in EXIT_STATUS.items() if isinstance(exc, kind))
     except OSError as exc:  # a path given on the command line that cannot be used
         click.echo(f"epic: error: {exc}", err=True)
         return 2
