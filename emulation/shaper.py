@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import os
 import tempfile
 from collections.abc import Generator
@@ -23,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from emulation.energy import DeviceEnergy, device_energy, radio_energy
-from emulation.network import LinkSender, Medium, plan_frame
+from emulation.network import LinkSender, Medium, plan_frame, segment
 from epic.topology import DeviceSpec, LinkSpec
 
 __all__ = [
@@ -167,7 +166,7 @@ class LinkShaper:
         self._banked_tx_s += self.sender.tx_s
         self._banked_rx_s += self.sender.rx_s
         old = self.sender
-        self.sender = LinkSender(old.dev, device.id, link, radio_energy(device.energy),
+        self.sender = LinkSender(old.index, device.id, link, radio_energy(device.energy),
                                  device.cpu_scale, medium, 0)
         self.sender.rand = old.rand
         self._up = medium if medium is not None else Medium()
@@ -194,20 +193,15 @@ class LinkShaper:
                 t += s.link.rto_s
                 c.resent_rounds += 1
                 yield t
+            wire, dt = s.round_wire(n_full, last_out, plan.last_bytes)
             if s.lora is None:
-                wire = s.round_bytes(n_full, last_out, plan.last_bytes)
-                dt = wire * 8.0 / s.bw
                 t = self._up.hold(t, dt)
             else:
-                sizes = s.round_sizes(n_full, last_out, plan.last_bytes)
-                wire, dt = sum(sizes), 0.0
-                for size in sizes:
-                    air = s.lora.airtime_s(size)
-                    t = self._up.hold(max(t, s.dc_free), air)
-                    s.dc_free = t + air * (1.0 / s.lora.duty_cycle - 1.0)
-                    dt += air
-            s.tx_s += dt
-            s.tx_bits += wire * 8.0
+                for size in s.round_sizes(n_full, last_out, plan.last_bytes):
+                    air_s = s.lora.airtime_s(size)
+                    t = self._up.hold(max(t, s.duty_free_s), air_s)
+                    s.lora_sent(t, air_s)
+            s.book_tx(wire, dt)
             c.up_wire_bytes += wire
             yield t
         c.up_mqtt_bytes += packet_bytes
@@ -215,7 +209,7 @@ class LinkShaper:
         c.publishes += int(publish)
         c.given_up += int(plan.lost)
         # the model draws no jitter for a frame it gives up on; neither do we (same stream)
-        return t + (s.delay if plan.lost else s.propagation_s())
+        return t + (s.delay_s if plan.lost else s.propagation_s())
 
     def downlink(self, now_s: float, packet_bytes: int) -> float:
         """Send one MQTT packet from the broker to the device; return its arrival time.
@@ -225,22 +219,18 @@ class LinkShaper:
         never lost). Booked as receive time and bits.
         """
         s, c = self.sender, self.counters
-        n = max(math.ceil(packet_bytes / s.payload_cap), 1)
-        sizes = s.round_sizes(n - 1, True, packet_bytes - (n - 1) * s.payload_cap)
-        wire = sum(sizes)
-        dt = (sum(s.lora.airtime_s(x) for x in sizes) if s.lora is not None
-              else wire * 8.0 / s.bw)
+        n_full, last_bytes = segment(packet_bytes, s.payload_cap_bytes)
+        wire, dt = s.round_wire(n_full, True, last_bytes)
         end = self._down.hold(now_s, dt)
-        s.rx_s += dt
-        s.rx_bits += wire * 8.0
+        s.book_rx(wire, dt)
         c.down_mqtt_bytes += packet_bytes
         c.down_wire_bytes += wire
         c.down_packets += 1
-        return end + s.delay
+        return end + s.delay_s
 
     def _book(self, now_s: float) -> DeviceEnergy:
         s = self.sender
-        return device_energy(s.id, s.radio, tx_s=s.tx_s, tx_bits=s.tx_bits, rx_s=s.rx_s,
+        return device_energy(s.device_id, s.radio, tx_s=s.tx_s, tx_bits=s.tx_bits, rx_s=s.rx_s,
                              rx_bits=s.rx_bits, compute_s=0.0, compute_w=0.0,
                              horizon_s=now_s - self._books_from_s, idle_state=self._idle_state)
 

@@ -27,22 +27,33 @@ a shared medium is served as a closed-form FIFO, since every hold time is known 
 requested. ``closed_form=False`` runs the plain SimPy version (processes, `simpy.Resource`);
 tests check that both give the same frames and energy.
 
-The live proxy (`emulation.proxy`, via `emulation.shaper`) reuses the per-device pieces:
-`LinkSender` (link, radio, random stream, energy books), `plan_frame` (segmentation and loss
-rounds, the event path's own code) and `Medium` (the FIFO server), in wall-clock time.
+The live proxy (`emulation.proxy`, via `emulation.shaper`) runs the same link kernel
+(`emulation.network.link`): `LinkSender` (link, radio, random stream, energy books, the wire
+bytes and airtime of a round), `segment` (packets of a payload), `draw_resends` and
+`plan_frame` (loss rounds) and `Medium` (the FIFO server), in wall-clock time. The model's
+closed form and its event-by-event path use the same kernel, so segmentation and the loss
+rounds are written once.
 
 The package, by concern (import from ``emulation.network``; every name is re-exported here):
 
 - `emulation.network.records`: the inputs `Message`, `Workload` and the outputs `STAGES`,
   `FrameRecords`, `NetworkResult`;
-- `emulation.network.link`: `Medium`, `LinkSender`, `plan_frame`, `FramePlan` (one device's
-  link, loss rounds and energy books; the live proxy uses them too);
+- `emulation.network.link`: the link kernel, `segment`, `draw_resends`, `plan_frame`,
+  `FramePlan`, `LinkSender`, `Medium` (one device's link, loss rounds and energy books; the
+  live proxy uses them too);
 - `emulation.network.model`: `NetworkModel`, the SimPy driver.
 """
 
-from emulation.network.link import FramePlan, LinkSender, Medium, plan_frame
+from emulation.network.link import (
+    FramePlan,
+    LinkSender,
+    Medium,
+    draw_resends,
+    plan_frame,
+    segment,
+)
 from emulation.network.model import NetworkModel
 from emulation.network.records import STAGES, FrameRecords, Message, NetworkResult, Workload
 
 __all__ = ["STAGES", "FramePlan", "FrameRecords", "LinkSender", "Medium", "Message", "NetworkModel",
-           "NetworkResult", "Workload", "plan_frame"]
+           "NetworkResult", "Workload", "draw_resends", "plan_frame", "segment"]

@@ -2,7 +2,13 @@
 
 Dedicated links in closed form, everything else event by event; the broker and central as
 closed-form FIFO servers; the PUBACK back over the link; the per-frame records and the energy
-books turned into a `NetworkResult`.
+books turned into a `NetworkResult`. Segmentation and loss rounds come from the link kernel
+(`emulation.network.link`), as in the live proxy.
+
+The per-frame records are NamedTuples (`_Ready`, `_InFlight`, `_Row`): a 1,000-device run
+makes hundreds of thousands of them, so the hot paths build them with ``tuple.__new__`` (what
+a NamedTuple's own constructor calls, without its Python frame) and unpack them into named
+locals.
 """
 
 from __future__ import annotations
@@ -10,19 +16,68 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import math
+from typing import NamedTuple
 
 import numpy as np
 import simpy
 
 from emulation.energy import LoraPhy, device_energy, radio_energy
-from emulation.network.link import LinkSender, Medium, plan_frame
-from emulation.network.records import FrameRecords, NetworkResult, Workload
+from emulation.network.link import DELIVERED, LinkSender, Medium, draw_resends, plan_frame, segment
+from emulation.network.records import STAGES, FrameRecords, NetworkResult, Workload
 from epic.topology import Topology
 
 __all__ = ["NetworkModel"]
 
 log = logging.getLogger(__name__)
+
+_new = tuple.__new__  # _new(Record, (fields...)): a NamedTuple without its Python __new__
+
+
+class _Ready(NamedTuple):
+    """When one frame is ready to send (the device CPU runs one message at a time)."""
+
+    gather: int
+    message: int
+    start_s: float  # the gather became available
+    compute_s: float  # compute duration on this device
+    ready_s: float  # compute done: the frame may go
+
+
+class _InFlight(NamedTuple):
+    """A frame handed to the broker (or given up on): its link stages so far."""
+
+    device: int
+    gather: int
+    message: int
+    start_s: float
+    compute_s: float
+    transmit_s: float  # first round on the air
+    retransmission_s: float  # resent rounds, their timeouts included
+    propagation_s: float
+    wire_bytes: int  # every round, headers included
+
+
+class _Row(NamedTuple):
+    """One frame's record: `_InFlight` and how it ended. The column layout of the result."""
+
+    device: int
+    gather: int
+    message: int
+    start_s: float
+    compute_s: float
+    transmit_s: float
+    retransmission_s: float
+    propagation_s: float
+    wire_bytes: int
+    end_s: float  # central done with it, or the frame given up
+    queue_s: float  # waiting not booked to any other stage
+    broker_s: float
+    central_s: float
+    lost: bool
+
+
+_COLUMN = {name: i for i, name in enumerate(_Row._fields)}
+_STAGE_COLUMNS = [_COLUMN[f"{stage}_s"] for stage in STAGES]
 
 
 class NetworkModel:
@@ -55,8 +110,8 @@ class NetworkModel:
                                         medium, seed))
         self._broker_s = topology.broker.processing_s
         self._central_s = topology.central.processing_s
-        self._broker_free = self._central_free = 0.0
-        self._rows: list[tuple] = []
+        self._broker_free_s = self._central_free_s = 0.0
+        self._rows: list[_Row] = []
         self._down_bytes = 0
         self._ran = False
         self._last_end_s = 0.0
@@ -68,7 +123,7 @@ class NetworkModel:
         if self._ran:
             raise RuntimeError("a NetworkModel runs once; build a new one")
         self._ran = True
-        arrivals: list[tuple] = []
+        arrivals: list[tuple[float, _InFlight]] = []  # (broker arrival time, frame)
         for s in self.senders:
             ready = self._ready_times(s, workload)
             if s.fast and self._closed_form_ok:
@@ -76,7 +131,7 @@ class NetworkModel:
             else:
                 self.env.process(self._send_all(s, workload, ready))
         if arrivals:
-            arrivals.sort(key=lambda a: a[0])
+            arrivals.sort(key=_arrival_time)
             self.env.process(self._feed(arrivals))
         self.env.run()
         busy_s = [m.free_s for m in self._media.values() if isinstance(m, Medium)]
@@ -84,69 +139,59 @@ class NetworkModel:
                         *busy_s)
         return self._result(horizon_s)
 
-    def _ready_times(self, s: LinkSender,
-                     w: Workload) -> list[tuple[int, int, float, float, float]]:
-        """(gather, message, gather start, compute duration, ready time) for each frame; the
-        device CPU runs one message at a time, in order."""
-        out, cpu_free = [], 0.0
-        for g in range(w.gathers):
-            t0 = g * w.interval_s
-            for k, m in enumerate(w.messages):
-                c = m.compute_s * s.cpu_scale
-                cpu_free = max(cpu_free, t0) + c
-                s.compute_s += c
-                out.append((g, k, t0, c, cpu_free))
+    def _ready_times(self, s: LinkSender, w: Workload) -> list[_Ready]:
+        """When each frame is ready; the device CPU runs one message at a time, in order."""
+        out, cpu_free_s = [], 0.0
+        for gather in range(w.gathers):
+            start_s = gather * w.interval_s
+            for message, m in enumerate(w.messages):
+                compute_s = m.compute_s * s.cpu_scale
+                cpu_free_s = max(cpu_free_s, start_s) + compute_s
+                s.compute_s += compute_s
+                out.append(_new(_Ready, (gather, message, start_s, compute_s, cpu_free_s)))
         return out
 
-    def _packets(self, s: LinkSender, payload_bytes: int) -> tuple[int, int]:
-        """(full packets, payload bytes of the last packet) for one frame."""
-        n = max(math.ceil(payload_bytes / s.payload_cap), 1)
-        return n - 1, payload_bytes - (n - 1) * s.payload_cap
-
-    def _closed_form(self, s: LinkSender, w: Workload, ready: list) -> list[tuple]:
+    def _closed_form(self, s: LinkSender, w: Workload,
+                     ready: list[_Ready]) -> list[tuple[float, _InFlight]]:
         """A dedicated link in closed form: its (broker arrival time, frame) list.
 
-        The same rounds and the same draws from the device's stream as `_send_all`, without
-        events: nobody else uses the link, so nothing can change the outcome.
+        The same kernel (`segment`, `draw_resends`, `LinkSender.round_wire`) and the same draws
+        from the device's stream as `_send_all`, without events: nobody else uses the link, so
+        nothing can change the outcome.
         """
-        out, link_free, ovh, cap = [], 0.0, s.link.overhead_bytes, s.payload_cap
-        p, rto, retries, bw, rand = s.link.loss, s.link.rto_s, s.link.max_retries, s.bw, s.rand
-        shapes = []  # per message: (full packets, last payload, wire bytes, first-round airtime)
+        out, link_free_s, rand = [], 0.0, s.rand
+        loss, rto_s, retries = s.link.loss, s.link.rto_s, s.link.max_retries
+        first_rounds = []  # per message: (full packets, last payload, wire bytes, airtime)
         for m in w.messages:
-            n_full0, last = self._packets(s, m.payload_bytes)
-            wire0 = m.payload_bytes + (n_full0 + 1) * ovh
-            shapes.append((n_full0, last, wire0, wire0 * 8.0 / bw))
-        for g, k, t0, c, r in ready:
-            n_full, last, wire, transmit = shapes[k]
-            t = (link_free if link_free > r else r) + transmit
-            retx, wire_total, air = 0.0, wire, transmit
-            last_out, rounds = True, 0
-            while True:
-                if p > 0.0:
-                    n_full = sum(1 for _ in range(n_full) if rand() < p)
-                    last_out = last_out and rand() < p
-                else:
-                    n_full, last_out = 0, False
-                if not (n_full or last_out) or rounds == retries:
-                    break
-                rounds += 1
-                wire = n_full * (cap + ovh) + (last + ovh if last_out else 0)
-                dt = wire * 8.0 / bw
-                t += rto + dt
-                retx += rto + dt
+            n_full, last_bytes = segment(m.payload_bytes, s.payload_cap_bytes)
+            first_rounds.append((n_full, last_bytes, *s.round_wire(n_full, True, last_bytes)))
+        for gather, message, start_s, compute_s, ready_s in ready:
+            n_full, last_bytes, wire_total, transmit_s = first_rounds[message]
+            t = (link_free_s if link_free_s > ready_s else ready_s) + transmit_s
+            retx_s, air_s = 0.0, transmit_s
+            resends, lost = (draw_resends(n_full, loss, retries, rand) if loss > 0.0
+                             else DELIVERED)
+            for resent_full, last_out in resends:
+                wire, dt = s.round_wire(resent_full, last_out, last_bytes)
+                t += rto_s + dt
+                retx_s += rto_s + dt
                 wire_total += wire
-                air += dt
-            link_free = t
-            s.tx_s += air
+                air_s += dt
+            link_free_s = t
+            s.tx_s += air_s
             s.tx_bits += wire_total * 8.0
-            if n_full or last_out:
-                self._record(s, g, k, t0, t, c, transmit, retx, 0.0, 0.0, 0.0, True, wire_total)
+            if lost:
+                self._record(_new(_InFlight, (s.index, gather, message, start_s, compute_s,
+                                              transmit_s, retx_s, 0.0, wire_total)),
+                             t, 0.0, 0.0, True)
                 continue
-            prop = s.delay + (s.jitter * rand() if s.jitter else 0.0)
-            out.append((t + prop, (s, g, k, t0, c, transmit, retx, prop, wire_total)))
+            prop_s = s.delay_s + (s.jitter_s * rand() if s.jitter_s else 0.0)
+            out.append((t + prop_s, _new(_InFlight, (s.index, gather, message, start_s,
+                                                     compute_s, transmit_s, retx_s, prop_s,
+                                                     wire_total))))
         return out
 
-    def _feed(self, arrivals: list[tuple]):
+    def _feed(self, arrivals: list[tuple[float, _InFlight]]):
         """Deliver closed-form arrivals to the broker in time order. While no other event is
         due before the next arrival, it is handled without a SimPy event (events only create
         events at or after their own time, so the order is exact)."""
@@ -156,87 +201,84 @@ class NetworkModel:
                 yield env.timeout(t - env.now)
             arrive(t, frame)
 
-    def _send_all(self, s: LinkSender, w: Workload, ready: list):
+    def _send_all(self, s: LinkSender, w: Workload, ready: list[_Ready]):
         """The event-by-event sender: medium contention, loss rounds, duty cycle."""
         env, rto_s = self.env, s.link.rto_s
-        for g, k, t0, c, r in ready:
-            if r > env.now:
-                yield env.timeout(r - env.now)
-            plan = plan_frame(s, w.messages[k].payload_bytes)
-            transmit, retx, wire_total = 0.0, 0.0, 0
+        for gather, message, start_s, compute_s, ready_s in ready:
+            if ready_s > env.now:
+                yield env.timeout(ready_s - env.now)
+            plan = plan_frame(s, w.messages[message].payload_bytes)
+            transmit_s, retx_s, wire_total = 0.0, 0.0, 0
             for i, (n_full, last_out) in enumerate(plan.rounds):
                 if i:  # the lost packets of the previous round go again after the timeout
-                    log.debug("device %s frame %d/%d: round %d resends %d packets", s.id, g, k,
-                              i, n_full + int(last_out))
+                    log.debug("device %s frame %d/%d: round %d resends %d packets", s.device_id,
+                              gather, message, i, n_full + int(last_out))
                     yield env.timeout(rto_s)
-                    retx += rto_s
+                    retx_s += rto_s
                 # one round: the outstanding packets, back to back
+                wire, dt = s.round_wire(n_full, last_out, plan.last_bytes)
                 if s.lora is None:
-                    wire = s.round_bytes(n_full, last_out, plan.last_bytes)
-                    dt = wire * 8.0 / s.bw
                     yield from self._hold(s, dt)
                 else:
-                    sizes = s.round_sizes(n_full, last_out, plan.last_bytes)
-                    wire, dt = sum(sizes), 0.0
-                    for size in sizes:
+                    for size in s.round_sizes(n_full, last_out, plan.last_bytes):
                         yield from self._lora_packet(s, s.lora, size)
-                        dt += s.lora.airtime_s(size)
-                s.tx_s += dt
-                s.tx_bits += wire * 8.0
+                s.book_tx(wire, dt)
                 wire_total += wire
                 if i == 0:
-                    transmit = dt
+                    transmit_s = dt
                 else:
-                    retx += dt
+                    retx_s += dt
             if plan.lost:
-                self._record(s, g, k, t0, env.now, c, transmit, retx, 0.0, 0.0, 0.0, True,
-                             wire_total)
+                self._record(_new(_InFlight, (s.index, gather, message, start_s, compute_s,
+                                              transmit_s, retx_s, 0.0, wire_total)),
+                             env.now, 0.0, 0.0, True)
                 continue
-            prop = s.propagation_s()
-            ev = env.timeout(prop, (s, g, k, t0, c, transmit, retx, prop, wire_total))
+            prop_s = s.propagation_s()
+            ev = env.timeout(prop_s, _new(_InFlight, (s.index, gather, message, start_s,
+                                                      compute_s, transmit_s, retx_s, prop_s,
+                                                      wire_total)))
             ev.callbacks.append(self._arrive)
 
-    def _hold(self, s: LinkSender, dt: float):
-        """Occupy the device's link for ``dt`` seconds, after the medium's earlier holders."""
+    def _hold(self, s: LinkSender, dt_s: float):
+        """Occupy the device's link for ``dt_s`` seconds, after the medium's earlier holders."""
         env, medium = self.env, s.medium
         if medium is None:
-            yield env.timeout(dt)
+            yield env.timeout(dt_s)
         elif isinstance(medium, Medium):
             now = env.now
-            yield env.timeout(medium.hold(now, dt) - now)
+            yield env.timeout(medium.hold(now, dt_s) - now)
         else:
             with medium.request() as req:
                 yield req
-                yield env.timeout(dt)
+                yield env.timeout(dt_s)
 
     def _lora_packet(self, s: LinkSender, lora: LoraPhy, size: int):
         """Send one LoRa packet: wait for the duty cycle and the medium, then its airtime."""
         env = self.env
-        if s.dc_free > env.now:
-            yield env.timeout(s.dc_free - env.now)
-        air = lora.airtime_s(size)
-        yield from self._hold(s, air)
-        s.dc_free = env.now + air * (1.0 / lora.duty_cycle - 1.0)
+        if s.duty_free_s > env.now:
+            yield env.timeout(s.duty_free_s - env.now)
+        air_s = lora.airtime_s(size)
+        yield from self._hold(s, air_s)
+        s.lora_sent(env.now, air_s)
 
     def _arrive(self, event: simpy.Event) -> None:
         self._on_arrival(self.env.now, event.value)
 
-    def _on_arrival(self, now: float, frame: tuple) -> None:
+    def _on_arrival(self, now: float, frame: _InFlight) -> None:
         """A frame reaches the broker at ``now``: FIFO broker, FIFO central, then the PUBACK."""
-        s, g, k, t0, c, transmit, retx, prop, wire = frame
-        b_free = self._broker_free
-        b_done = (now if now > b_free else b_free) + self._broker_s
-        c_free = self._central_free
-        end = (b_done if b_done > c_free else c_free) + self._central_s
-        self._broker_free, self._central_free = b_done, end
-        self._record(s, g, k, t0, end, c, transmit, retx, prop, b_done - now, end - b_done,
-                     False, wire)
-        self._down_bytes += s.ack_bytes
-        s.rx_bits += s.ack_bytes * 8.0
+        b_free_s = self._broker_free_s
+        broker_done_s = (now if now > b_free_s else b_free_s) + self._broker_s
+        c_free_s = self._central_free_s
+        end_s = (broker_done_s if broker_done_s > c_free_s else c_free_s) + self._central_s
+        self._broker_free_s, self._central_free_s = broker_done_s, end_s
+        self._record(frame, end_s, broker_done_s - now, end_s - broker_done_s, False)
+        s = self.senders[frame[0]]  # frame.device
+        self._down_bytes += s.ack_wire_bytes
         if s.medium is None:
-            s.rx_s += s.ack_s  # full-duplex dedicated downlink: no contention to model
+            s.book_rx(s.ack_wire_bytes, s.ack_s)  # full-duplex dedicated downlink
         else:
-            ev = self.env.timeout(b_done + s.delay - now, s)
+            s.rx_bits += s.ack_wire_bytes * 8.0
+            ev = self.env.timeout(broker_done_s + s.delay_s - now, s)
             ev.callbacks.append(self._ack_fifo if isinstance(s.medium, Medium)
                                 else self._ack_request)
 
@@ -261,29 +303,41 @@ class NetworkModel:
         s.medium.release(req)
         s.rx_s += s.ack_s
 
-    def _record(self, s: LinkSender, g: int, k: int, t0: float, end: float, compute: float,
-                transmit: float, retx: float, prop: float, broker: float, central: float,
-                lost: bool, wire: int) -> None:
-        queue = (end - t0) - (compute + transmit + retx + prop + broker + central)
-        if end > self._last_end_s:
-            self._last_end_s = end
-        self._rows.append((s.dev, g, k, t0, end, compute, queue if queue > 0.0 else 0.0,
-                           transmit, retx, prop, broker, central, lost, wire))
+    def _record(self, frame: _InFlight, end_s: float, broker_s: float, central_s: float,
+                lost: bool) -> None:
+        """Book one frame that ended at ``end_s``; its queueing is whatever time no stage
+        accounts for."""
+        _, _, _, start_s, compute_s, transmit_s, retx_s, prop_s, _ = frame
+        queue_s = (end_s - start_s) - (compute_s + transmit_s + retx_s + prop_s + broker_s
+                                       + central_s)
+        if end_s > self._last_end_s:
+            self._last_end_s = end_s
+        self._rows.append(_new(_Row, (*frame, end_s, queue_s if queue_s > 0.0 else 0.0,
+                                      broker_s, central_s, lost)))
 
     def _result(self, horizon_s: float) -> NetworkResult:
+        width = len(_Row._fields)
         flat = itertools.chain.from_iterable(self._rows)
-        table = np.fromiter(flat, np.float64, count=14 * len(self._rows)).reshape(-1, 14)
-        table = table[np.lexsort((table[:, 2], table[:, 1], table[:, 0]))]
-        ints = table[:, [0, 1, 2, 13]].astype(np.int64)
+        table = np.fromiter(flat, np.float64, count=width * len(self._rows)).reshape(-1, width)
+        table = table[np.lexsort((table[:, _COLUMN["message"]], table[:, _COLUMN["gather"]],
+                                  table[:, _COLUMN["device"]]))]
+        ints = table[:, [_COLUMN["device"], _COLUMN["gather"], _COLUMN["message"],
+                         _COLUMN["wire_bytes"]]].astype(np.int64)
         frames = FrameRecords(
-            device=ints[:, 0], gather=ints[:, 1], message=ints[:, 2], start_s=table[:, 3],
-            end_s=table[:, 4], stages_s=table[:, 5:12], lost=table[:, 12].astype(bool),
+            device=ints[:, 0], gather=ints[:, 1], message=ints[:, 2],
+            start_s=table[:, _COLUMN["start_s"]], end_s=table[:, _COLUMN["end_s"]],
+            stages_s=table[:, _STAGE_COLUMNS], lost=table[:, _COLUMN["lost"]].astype(bool),
             wire_bytes=ints[:, 3])
         energy = tuple(
-            device_energy(s.id, s.radio, tx_s=s.tx_s, tx_bits=s.tx_bits, rx_s=s.rx_s,
+            device_energy(s.device_id, s.radio, tx_s=s.tx_s, tx_bits=s.tx_bits, rx_s=s.rx_s,
                           rx_bits=s.rx_bits, compute_s=s.compute_s,
-                          compute_w=self.topology.devices[s.dev].compute_w, horizon_s=horizon_s,
-                          idle_state=self.topology.devices[s.dev].radio_idle_state)
+                          compute_w=self.topology.devices[s.index].compute_w,
+                          horizon_s=horizon_s,
+                          idle_state=self.topology.devices[s.index].radio_idle_state)
             for s in self.senders)
         return NetworkResult(frames, energy, int(frames.wire_bytes.sum()), self._down_bytes,
                              horizon_s)
+
+
+def _arrival_time(arrival: tuple[float, _InFlight]) -> float:
+    return arrival[0]
