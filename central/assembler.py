@@ -35,11 +35,13 @@ import numpy as np
 from epic.wire import (
     HEADER_BYTES,
     Channel,
+    Deduplicator,
     Dtype,
     Frame,
     FrameError,
     Kind,
     Reason,
+    check_chunk,
     check_topic,
     device_name,
     parse_topic,
@@ -198,8 +200,7 @@ class Assembler:
         self._confirmations: list[tuple[int, str, int]] = []  # (device, mode, gather)
         self._dropped_gathers: list[Gather] = []
         self._memory = memory
-        self._seen: dict[str, OrderedDict[tuple[int, int, int], None]] = {
-            mode: OrderedDict() for mode in MODE_OF_KIND.values()}
+        self._seen = {mode: Deduplicator(memory) for mode in MODE_OF_KIND.values()}
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._closed: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.dropped = 0  # gathers closed at the deadline with no complete device
@@ -248,23 +249,15 @@ class Assembler:
         mode = MODE_OF_KIND[frame.kind]
         key = (mode, frame.gather_id)
         seen = self._seen[mode]
-        if frame.key in seen:
-            seen.move_to_end(frame.key)
+        if seen.seen(frame.key):
             raise FrameError(Reason.DUPLICATE, f"{mode} frame {frame.key} seen before")
         if key in self._closed:
             raise FrameError(Reason.LATE, f"{mode} gather {frame.gather_id} already closed")
         pending = self._pending.get(key)
         chunks = {} if pending is None else pending.chunks.get(frame.device_id, {})
         if chunks:
-            first = next(iter(chunks.values()))[0]
-            if (first.dtype, first.shape, first.chunk_count) != (
-                    frame.dtype, frame.shape, frame.chunk_count):
-                raise FrameError(Reason.SHAPE_MISMATCH, f"chunk {frame.key} {frame.shape} "
-                                 f"{frame.dtype.name}/{frame.chunk_count} disagrees with "
-                                 f"{first.shape} {first.dtype.name}/{first.chunk_count}")
-        seen[frame.key] = None  # recorded only once every check has passed
-        if len(seen) > self._memory:
-            seen.popitem(last=False)
+            check_chunk(next(iter(chunks.values()))[0], frame)
+        seen.remember(frame.key)  # recorded only once every check has passed
         if pending is None:
             pending = self._pending[key] = _Pending(now_s, receive_ns, now_s + self.deadline_s)
         chunks = pending.chunks.setdefault(frame.device_id, {})

@@ -1,9 +1,10 @@
 """Raw mode (the centralized baseline): reassemble each device's chunks and run InversionNet.
 
 Every device sends its ``(5, 1000, 14)`` float raw traces in chunks (``epic.wire.split_array``).
-Central reassembles them with ``epic.wire.Reassembler``, places each device's traces at its
-topology receiver range ``[first, last)`` of a ``(5, 1000, 70)`` gather, leaves zeros (silent
-receivers) where a device is absent, normalises as OpenFWI with the checkpoint's dataset
+The assembler (`central.assembler`) collects, de-duplicates and checks them; here each present
+device's chunks are joined once (``epic.wire.join_chunks``) and placed at its topology
+receiver range ``[first, last)`` of a ``(5, 1000, 70)`` gather, with zeros (silent receivers)
+where a device is absent. Central then normalises as OpenFWI with the checkpoint's dataset
 constants, and runs InversionNet: ``(B, 5, 1000, 70)`` -> ``(B, 1, 70, 70)`` in [-1, 1], which
 is returned in m/s. InversionNet runs in torch (a checkpoint) or torch-free on ONNX Runtime (an
 ``epic export-decoders`` manifest, :class:`epic.inference.RawDecoderRuntime`); torch is
@@ -22,7 +23,7 @@ from central.assembler import Gather
 from epic.data.transforms import denormalize_velocity, normalize_data
 from epic.errors import InputError
 from epic.inference.decoders import RawDecoderRuntime, load_decoder_manifest
-from epic.wire import Deduplicator, Reassembler
+from epic.wire import join_chunks
 
 __all__ = ["RAW_SHOTS", "RAW_TIME_SAMPLES", "RawDecoder", "assemble_raw"]
 
@@ -37,18 +38,14 @@ def assemble_raw(gather: Gather, receivers: Mapping[int, tuple[int, int]],
     """The whole gather's raw traces, ``(5, 1000, n_rx)`` float32, zeros for absent devices.
 
     Args:
-        gather: a closed raw gather; every present device has all its chunks.
+        gather: a closed raw gather; every present device has all its chunks, in order and
+            agreeing on dtype and shape (`central.assembler.Assembler` saw to it).
         receivers: device id -> receiver range ``(first, last)``, last exclusive.
         n_rx: receivers of the whole line.
     """
     whole = np.zeros((RAW_SHOTS, RAW_TIME_SAMPLES, n_rx), np.float32)
     for device_id, parts in gather.devices.items():
-        reassembler = Reassembler(Deduplicator(len(parts.frames)))
-        array = None
-        for frame in parts.frames:
-            array = reassembler.add(frame)
-        if array is None:
-            raise InputError(f"raw gather {gather.gather_id}: device {device_id} incomplete")
+        array = join_chunks(parts.frames)
         first, last = receivers[device_id]
         whole[:, :, first:last] = array.astype(np.float32)
     return whole

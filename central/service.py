@@ -48,7 +48,9 @@ from epic.wire import (
     FrameError,
     RangeSet,
     ack_topic,
+    central_status_topic,
     encode_ack,
+    parse_topic,
     result_topic,
     validate_name,
 )
@@ -203,7 +205,7 @@ class CentralService:
         self.client = SessionClient(self._mqtt_settings(),
                                     subscriptions=central_subscriptions(self.testbed),
                                     on_message=self._on_message,
-                                    status_topic=f"epic/{self.testbed}/central/status")
+                                    status_topic=central_status_topic(self.testbed))
 
     def _mqtt_settings(self) -> MqttSettings:
         cfg = self.config
@@ -307,11 +309,14 @@ class CentralService:
     def _ingest(self, topic: str, payload: bytes, receive_ns: int) -> list[Gather]:
         if topic.endswith("/" + Channel.STATUS):
             self.status_messages += 1
-            device = topic.split("/")[-2]
-            if device in self.names.values():
+            try:
+                number = parse_topic(topic).device_id  # None: central's own status
+            except FrameError:
+                return []
+            if number in self.names:
+                device = self.names[number]
                 self.device_status[device] = payload.decode("ascii", "replace")[:16]
                 if payload == STATUS_ONLINE:  # a device (re)connected: it sends again
-                    number = next(n for n, name in self.names.items() if name == device)
                     self._extend(time.monotonic(), number, f"{device} connected")
             return []
         self.received += 1

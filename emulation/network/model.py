@@ -5,10 +5,13 @@ closed-form FIFO servers; the PUBACK back over the link; the per-frame records a
 books turned into a `NetworkResult`. Segmentation and loss rounds come from the link kernel
 (`emulation.network.link`), as in the live proxy.
 
-The per-frame records are NamedTuples (`_Ready`, `_InFlight`, `_Row`): a 1,000-device run
-makes hundreds of thousands of them, so the hot paths build them with ``tuple.__new__`` (what
-a NamedTuple's own constructor calls, without its Python frame) and unpack them into named
-locals.
+The per-frame records are NamedTuples (`_Ready`, `_InFlight`) and the rows of the result
+table are laid out as `_Row`. A 1,000-device run makes hundreds of thousands of them, so the
+hot paths build them with ``tuple.__new__`` (what a NamedTuple's own constructor calls, without
+its Python frame) and unpack them into named locals; `_Ready` records are made one at a time
+(`_ready_times` is a generator) and a row is ``frame + (end_s, ...)``, a plain tuple of
+numbers, which the garbage collector stops tracking (NamedTuple instances stay tracked, and
+100,000 of them held to the end would slow every collection).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -58,7 +62,8 @@ class _InFlight(NamedTuple):
 
 
 class _Row(NamedTuple):
-    """One frame's record: `_InFlight` and how it ended. The column layout of the result."""
+    """One frame's record: the fields of `_InFlight`, then how it ended. The column layout
+    of the result table (rows are plain tuples in this layout: ``frame + (end_s, ...)``)."""
 
     device: int
     gather: int
@@ -111,7 +116,7 @@ class NetworkModel:
         self._broker_s = topology.broker.processing_s
         self._central_s = topology.central.processing_s
         self._broker_free_s = self._central_free_s = 0.0
-        self._rows: list[_Row] = []
+        self._rows: list[tuple] = []  # laid out as _Row
         self._down_bytes = 0
         self._ran = False
         self._last_end_s = 0.0
@@ -139,20 +144,21 @@ class NetworkModel:
                         *busy_s)
         return self._result(horizon_s)
 
-    def _ready_times(self, s: LinkSender, w: Workload) -> list[_Ready]:
-        """When each frame is ready; the device CPU runs one message at a time, in order."""
-        out, cpu_free_s = [], 0.0
+    @staticmethod
+    def _ready_times(s: LinkSender, w: Workload) -> Iterator[_Ready]:
+        """When each frame is ready, in order; the device CPU runs one message at a time
+        (booked in ``s.compute_s`` as the frames are taken)."""
+        cpu_free_s = 0.0
         for gather in range(w.gathers):
             start_s = gather * w.interval_s
             for message, m in enumerate(w.messages):
                 compute_s = m.compute_s * s.cpu_scale
                 cpu_free_s = max(cpu_free_s, start_s) + compute_s
                 s.compute_s += compute_s
-                out.append(_new(_Ready, (gather, message, start_s, compute_s, cpu_free_s)))
-        return out
+                yield _new(_Ready, (gather, message, start_s, compute_s, cpu_free_s))
 
     def _closed_form(self, s: LinkSender, w: Workload,
-                     ready: list[_Ready]) -> list[tuple[float, _InFlight]]:
+                     ready: Iterable[_Ready]) -> list[tuple[float, _InFlight]]:
         """A dedicated link in closed form: its (broker arrival time, frame) list.
 
         The same kernel (`segment`, `draw_resends`, `LinkSender.round_wire`) and the same draws
@@ -201,7 +207,7 @@ class NetworkModel:
                 yield env.timeout(t - env.now)
             arrive(t, frame)
 
-    def _send_all(self, s: LinkSender, w: Workload, ready: list[_Ready]):
+    def _send_all(self, s: LinkSender, w: Workload, ready: Iterable[_Ready]):
         """The event-by-event sender: medium contention, loss rounds, duty cycle."""
         env, rto_s = self.env, s.link.rto_s
         for gather, message, start_s, compute_s, ready_s in ready:
@@ -274,10 +280,10 @@ class NetworkModel:
         self._record(frame, end_s, broker_done_s - now, end_s - broker_done_s, False)
         s = self.senders[frame[0]]  # frame.device
         self._down_bytes += s.ack_wire_bytes
+        s.rx_bits += s.ack_wire_bytes * 8.0
         if s.medium is None:
-            s.book_rx(s.ack_wire_bytes, s.ack_s)  # full-duplex dedicated downlink
+            s.rx_s += s.ack_s  # full-duplex dedicated downlink: no contention to model
         else:
-            s.rx_bits += s.ack_wire_bytes * 8.0
             ev = self.env.timeout(broker_done_s + s.delay_s - now, s)
             ev.callbacks.append(self._ack_fifo if isinstance(s.medium, Medium)
                                 else self._ack_request)
@@ -312,8 +318,8 @@ class NetworkModel:
                                        + central_s)
         if end_s > self._last_end_s:
             self._last_end_s = end_s
-        self._rows.append(_new(_Row, (*frame, end_s, queue_s if queue_s > 0.0 else 0.0,
-                                      broker_s, central_s, lost)))
+        self._rows.append(frame + (end_s, queue_s if queue_s > 0.0 else 0.0, broker_s,  # noqa: RUF005
+                                   central_s, lost))
 
     def _result(self, horizon_s: float) -> NetworkResult:
         width = len(_Row._fields)

@@ -12,7 +12,8 @@ The package, by concern (import from ``epic.wire``; every name below is re-expor
 
 - `epic.wire.frame`: the header layout and limits, `Kind`, `Dtype`, `Reason`, `FrameError`,
   `Frame` (validation, encode, decode) and `chunk_elements`;
-- `epic.wire.chunks`: `split_array`, `Reassembler` and `Deduplicator`;
+- `epic.wire.chunks`: `split_array`, `Reassembler`, and its pieces `Deduplicator`,
+  `check_chunk` and `join_chunks` (central's assembler uses them too);
 - `epic.wire.topics`: `Channel`, the topic builders and parser, `check_topic`, and the status
   payloads;
 - `epic.wire.ack`: central's end-to-end confirmations (`ack_topic`, `RangeSet`, `encode_ack`,
@@ -22,7 +23,14 @@ Nothing here imports torch: devices/ depends on it.
 """
 
 from epic.wire.ack import ACK_MODES, AckError, RangeSet, ack_topic, decode_ack, encode_ack
-from epic.wire.chunks import DEFAULT_CHUNK_PAYLOAD_BYTES, Deduplicator, Reassembler, split_array
+from epic.wire.chunks import (
+    DEFAULT_CHUNK_PAYLOAD_BYTES,
+    Deduplicator,
+    Reassembler,
+    check_chunk,
+    join_chunks,
+    split_array,
+)
 from epic.wire.frame import (
     CRC_OFFSET,
     HEADER_BYTES,
@@ -44,6 +52,7 @@ from epic.wire.topics import (
     Channel,
     Topic,
     central_filter,
+    central_status_topic,
     check_topic,
     device_name,
     parse_topic,
@@ -77,11 +86,14 @@ __all__ = [
     "Topic",
     "ack_topic",
     "central_filter",
+    "central_status_topic",
+    "check_chunk",
     "check_topic",
     "chunk_elements",
     "decode_ack",
     "device_name",
     "encode_ack",
+    "join_chunks",
     "parse_topic",
     "result_topic",
     "split_array",

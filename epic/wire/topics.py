@@ -1,7 +1,8 @@
 """Topic names of wire format v1, and the status payloads.
 
-Topics: ``epic/<testbed>/device-<id>/{latent,raw,status}`` and ``epic/<testbed>/central/result``;
-the status topic carries `STATUS_ONLINE` (retained) or `STATUS_OFFLINE` (the will).
+Topics: ``epic/<testbed>/device-<id>/{latent,raw,status}`` and
+``epic/<testbed>/central/{result,status}``; a status topic carries `STATUS_ONLINE` (retained) or
+`STATUS_OFFLINE` (the will).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "Channel",
     "Topic",
     "central_filter",
+    "central_status_topic",
     "check_topic",
     "device_name",
     "parse_topic",
@@ -71,6 +73,11 @@ def result_topic(testbed: str) -> str:
     return f"epic/{validate_name(testbed)}/central/result"
 
 
+def central_status_topic(testbed: str) -> str:
+    """``epic/<testbed>/central/status``: central's retained birth and last will."""
+    return f"epic/{validate_name(testbed)}/central/status"
+
+
 def central_filter(testbed: str, channel: Channel | None = None) -> str:
     """Subscription filter for central: ``epic/<testbed>/+/<channel>`` (all if None)."""
     last = "#" if channel is None else Channel(channel).value
@@ -79,7 +86,7 @@ def central_filter(testbed: str, channel: Channel | None = None) -> str:
 
 @dataclass(frozen=True)
 class Topic:
-    """A parsed topic; ``device_id`` is None for the central result topic."""
+    """A parsed topic; ``device_id`` is None for central's topics (result, status)."""
 
     testbed: str
     device_id: int | None
@@ -87,12 +94,13 @@ class Topic:
 
 
 def parse_topic(topic: str) -> Topic:
-    """Parse a topic built by topic_for/result_topic; raise FrameError(BAD_TOPIC) otherwise."""
+    """Parse a topic built by topic_for, result_topic or central_status_topic; raise
+    FrameError(BAD_TOPIC) otherwise."""
     parts = topic.split("/") if isinstance(topic, str) else []
     if len(parts) != 4 or parts[0] != "epic" or not _NAME.fullmatch(parts[1]):
         raise FrameError(Reason.BAD_TOPIC, f"topic {topic!r} is not epic/<testbed>/<who>/<ch>")
-    if parts[2] == "central" and parts[3] == Channel.RESULT:
-        return Topic(parts[1], None, Channel.RESULT)
+    if parts[2] == "central" and parts[3] in (Channel.RESULT, Channel.STATUS):
+        return Topic(parts[1], None, Channel(parts[3]))
     match = _DEVICE.fullmatch(parts[2])
     if not match or int(match[1]) > _U32_MAX or parts[3] not in (
             Channel.LATENT, Channel.RAW, Channel.STATUS):

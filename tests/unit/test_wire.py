@@ -22,6 +22,7 @@ from epic.wire import (
     HEADER_BYTES,
     MAX_FRAME_BYTES,
     Channel,
+    Deduplicator,
     Dtype,
     Frame,
     FrameError,
@@ -30,8 +31,11 @@ from epic.wire import (
     Reassembler,
     Topic,
     central_filter,
+    central_status_topic,
+    check_chunk,
     check_topic,
     chunk_elements,
+    join_chunks,
     parse_topic,
     result_topic,
     split_array,
@@ -122,6 +126,29 @@ def test_raw_gather_splits_into_chunks_and_reassembles_with_dedup() -> None:
     with pytest.raises(FrameError) as err:  # a late duplicate after completion
         assembler.add(Frame.decode(wire[2]))
     assert err.value.reason is Reason.DUPLICATE
+
+
+def test_reassembler_pieces_dedup_lru_chunk_agreement_and_join() -> None:
+    """The pieces central's assembler shares with `Reassembler`."""
+    dedup = Deduplicator(2)
+    assert not dedup.seen("a")
+    dedup.remember("a")
+    dedup.remember("b")
+    assert dedup.seen("a")  # "a" is now the most recently seen: "b" goes first
+    dedup.remember("c")
+    assert dedup.seen("a") and dedup.seen("c") and not dedup.seen("b")
+    gather = np.arange(5 * 1000 * 14, dtype=np.float32).reshape(5, 1000, 14)
+    frames = split_array(Kind.RAW_CHUNK, 3, 42, gather, capture_ns=T0_NS,
+                         encode_end_ns=T0_NS, publish_ns=T0_NS)
+    np.testing.assert_array_equal(join_chunks(frames), gather)
+    with pytest.raises(InputError, match="join_chunks"):
+        join_chunks(frames[1:])
+    other = split_array(Kind.RAW_CHUNK, 3, 42, gather[:, :, :7], capture_ns=T0_NS,
+                        encode_end_ns=T0_NS, publish_ns=T0_NS)
+    check_chunk(frames[0], frames[1])
+    with pytest.raises(FrameError) as err:
+        check_chunk(frames[0], other[1])
+    assert err.value.reason is Reason.SHAPE_MISMATCH
 
 
 def test_chunk_elements_cover_the_array_exactly() -> None:
@@ -298,6 +325,8 @@ def test_topics_build_and_parse() -> None:
     for channel in (Channel.LATENT, Channel.RAW, Channel.STATUS):
         assert parse_topic(topic_for("t-1.x", 12, channel)) == Topic("t-1.x", 12, channel)
     assert parse_topic(result_topic("lab")) == Topic("lab", None, Channel.RESULT)
+    assert central_status_topic("lab") == "epic/lab/central/status"
+    assert parse_topic(central_status_topic("lab")) == Topic("lab", None, Channel.STATUS)
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "a+b", "#", "a b", "x" * 65, "-lead"])
