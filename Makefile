@@ -17,9 +17,12 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@command -v mosquitto >/dev/null && command -v mosquitto_passwd >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq chromium; } || \
+		echo "setup: chromium not installed; the dashboard's browser tests will skip"
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[dev,export,docker]'
+	$(PIP) install -q --disable-pip-version-check -e '.[dev,export,docker,dashboard]'
 	@touch $@
 
 # The main job: synthesise DEMO_SHOTS shot-gathers from real FlatVel-A test maps (generated maps when

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from epic.cli_testbed import replay_cmd, report_cmd, testbed
+from epic.cli_testbed import dashboard_cmd, replay_cmd, report_cmd, testbed
 from epic.errors import EXIT_STATUS, InputError, RunError
 
 __all__ = ["cli", "main"]
@@ -326,6 +326,7 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
 cli.add_command(testbed)
 cli.add_command(replay_cmd)
 cli.add_command(report_cmd)
+cli.add_command(dashboard_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["replay_cmd", "report_cmd", "testbed"]
+__all__ = ["dashboard_cmd", "replay_cmd", "report_cmd", "testbed"]
 
 
 @click.group()
@@ -38,8 +38,10 @@ def testbed() -> None:
               show_default=True, help="Roles as processes, or as containers (Docker SDK).")
 @click.option("--no-build", is_flag=True,
               help="docker: use the existing epic-device/epic-central images, do not build.")
+@click.option("--dashboard", is_flag=True,
+              help="Also start the live dashboard (loopback, a free port) and print its URL.")
 def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_port,
-               timeout_s, runtime, no_build) -> None:
+               timeout_s, runtime, no_build, dashboard) -> None:
     """Start broker, link proxies and central; wait until they are healthy."""
     if runtime == "docker":
         from emulation import docker_runtime
@@ -50,6 +52,8 @@ def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_
                                   truth=truth, timeout_s=timeout_s)
         click.echo(f"testbed {state['testbed']} up in {state['rundir']} (docker network "
                    f"{state['network']}): {', '.join(state['containers'])}")
+        if dashboard:
+            click.echo(f"dashboard: run `epic dashboard --dir {state['rundir']}`")
         return
     from emulation.testbed import DEFAULT_CHECKPOINT, up
 
@@ -60,6 +64,11 @@ def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_
     click.echo(f"testbed {info.testbed} up in {info.rundir}: broker {info.broker_host}:"
                f"{info.broker_port}, proxies {info.proxy_base_port}.."
                f"{info.proxy_base_port + len(info.devices) - 1} ({roles})")
+    if dashboard:
+        from emulation.dashboard import start_detached
+
+        role, url = start_detached(info.rundir)
+        click.echo(f"dashboard {url} (pid {role.pid}; `epic testbed down` stops it)")
 
 
 @testbed.command("compose")
@@ -193,6 +202,26 @@ def fault_restore_device(device_id, rundir) -> None:
 
     was_dead = restore_device(rundir, device_id)
     click.echo(f"{device_id}: restored" if was_dead else f"{device_id}: was not dead")
+
+
+@click.command("dashboard")
+@click.option("--dir", "rundir", default="runs/testbed", show_default=True,
+              type=click.Path(path_type=Path), help="Run directory to watch (read only).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address; anything but loopback needs --token.")
+@click.option("--port", default=8050, show_default=True, type=int)
+@click.option("--token", default=None, envvar="EPIC_DASHBOARD_TOKEN",
+              help="Every request must carry it (Bearer header or ?token=) "
+                   "[env EPIC_DASHBOARD_TOKEN].")
+def dashboard_cmd(rundir, host, port, token) -> None:
+    """Serve the live dashboard of RUNDIR (page, server-sent events, /metrics)."""
+    from emulation.dashboard import check_bind, serve
+    from emulation.dashboard.launch import url_of
+
+    check_bind(host, token)
+    click.echo(f"dashboard of {rundir}: {url_of(host, port)}"
+               f"{'?token=<token>' if token else ''}  (/metrics for Prometheus; Ctrl-C stops)")
+    serve(rundir, host=host, port=port, token=token)
 
 
 @click.command("replay")

@@ -1,0 +1,101 @@
+"""Start the dashboard beside a running process testbed (``epic testbed up --dashboard``).
+
+The server runs as ``python -m emulation.dashboard`` in its own session, logging to
+``RUNDIR/logs/dashboard.log``, and is added to the testbed's roles in testbed.json, so that
+``epic testbed down`` stops it with the rest (first, as the last role started). The token,
+if any, reaches it through its environment, never its command line (``ps`` shows that).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from emulation.dashboard.server import DEFAULT_HOST, check_bind
+from emulation.testbed import REPO, RoleProcess, is_alive, load_info, write_info
+from epic.broker import free_port
+from epic.errors import InputError
+
+__all__ = ["TOKEN_ENV", "start_detached", "url_of"]
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "EPIC_DASHBOARD_TOKEN"
+
+
+def url_of(host: str, port: int) -> str:
+    """The page's URL for a server bound to ``host:port`` (a wildcard bind: this machine)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+
+
+def _start_ticks(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def _healthy(url: str, token: str | None) -> bool:
+    request = urllib.request.Request(url + "healthz")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=1.0) as response:
+            return json.loads(response.read()).get("ok") is True
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
+def start_detached(rundir: Path, host: str = DEFAULT_HOST, port: int | None = None,
+                   token: str | None = None, timeout_s: float = 30.0) -> tuple[RoleProcess, str]:
+    """Start the dashboard of the process testbed in ``rundir``; wait until it answers.
+
+    Returns (its role, the page's URL). Raises InputError if RUNDIR has no running process
+    testbed (testbed.json), the bind needs a token (:func:`check_bind`), or the server does
+    not answer within ``timeout_s`` (it is then stopped).
+    """
+    rundir = Path(rundir).resolve()
+    check_bind(host, token)
+    info = load_info(rundir)
+    if info is None:
+        raise InputError(f"no process testbed in {rundir} (testbed.json missing); run "
+                         f"`epic dashboard --dir {rundir}` to watch any run dir")
+    port = port or free_port("127.0.0.1" if host in ("0.0.0.0", "::") else host)
+    logs = rundir / "logs"
+    logs.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    if token:
+        env[TOKEN_ENV] = token
+    log_path = logs / "dashboard.log"
+    with open(log_path, "ab") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "emulation.dashboard", "--dir",
+                                 str(rundir), "--host", host, "--port", str(port)],
+                                stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=REPO, env=env,
+                                start_new_session=True)
+    role = RoleProcess("dashboard", proc.pid, _start_ticks(proc.pid), str(log_path))
+    url = url_of(host, port)
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(url, token):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            tail = " | ".join(log_path.read_text(errors="replace").splitlines()[-4:])
+            raise InputError(f"the dashboard did not start on {url} "
+                             f"(exit {proc.returncode}): {tail}")
+        time.sleep(0.1)
+    others = tuple(p for p in info.processes if p.role != "dashboard" or is_alive(p))
+    write_info(replace(info, processes=(*others, role)))
+    log.info("dashboard: pid %d, %s", proc.pid, url)
+    return role, url
