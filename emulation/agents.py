@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulation.faults import dead_devices, record_agents
-from emulation.testbed import REPO, RoleProcess, TestbedInfo, _start_ticks
+from emulation.testbed import REPO, RoleProcess, TestbedInfo, start_ticks
 from epic.errors import InputError
 
 __all__ = ["DEFAULT_LEAD_S", "AgentRun", "run_agents"]
@@ -86,7 +86,7 @@ def run_agents(info: TestbedInfo, mode: str, data: Path, shots: int, start: int,
             procs[device] = (log_path, subprocess.Popen(
                 args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=REPO))
-    record_agents(rundir, mode, {d: RoleProcess(f"agent-{d}", p.pid, _start_ticks(p.pid) or -1,
+    record_agents(rundir, mode, {d: RoleProcess(f"agent-{d}", p.pid, start_ticks(p.pid) or -1,
                                                 str(log_path))
                                  for d, (log_path, p) in procs.items()})
     for device in dead_devices(rundir):  # killed between our first look and agents.json

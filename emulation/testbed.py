@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from epic.broker import free_port, prepare_runtime
+from epic.broker import REPO, free_port, prepare_runtime
 from epic.errors import InputError
 from epic.topology import Topology, check_model_slots, load_topology
 
@@ -57,6 +57,7 @@ __all__ = [
     "load_info",
     "prepare_compose_runtime",
     "spawn_role",
+    "start_ticks",
     "status",
     "up",
     "write_info",
@@ -64,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "artifacts" / "epic-flatvel-a.pt"
 TESTBED_FILE = "testbed.json"
 ROLES: tuple[str, ...] = ("broker", "proxies", "central")
@@ -110,7 +110,7 @@ class TestbedInfo:
         return self.proxy_base_port + self.devices.index(device_id)
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat (start time in clock ticks), None if no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -126,7 +126,7 @@ def _start_ticks(pid: int) -> int | None:
 
 def is_alive(proc: RoleProcess) -> bool:
     """Whether ``proc`` is still the same running process (not exited, PID not recycled)."""
-    return _start_ticks(proc.pid) == proc.start_ticks
+    return start_ticks(proc.pid) == proc.start_ticks
 
 
 def load_info(rundir: Path) -> TestbedInfo | None:
@@ -169,7 +169,7 @@ def spawn_role(role: str, args: list[str], logs: Path) -> tuple[subprocess.Popen
                                 stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
     ticks = None
     for _ in range(100):  # /proc appears at once, but be safe on a loaded machine
-        ticks = _start_ticks(proc.pid)
+        ticks = start_ticks(proc.pid)
         if ticks is not None or proc.poll() is not None:
             break
         time.sleep(0.01)

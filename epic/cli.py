@@ -289,6 +289,7 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
     Any receiver layout is modelled; the output says when the topology could not run on the
     shipped models (`epic testbed up` would refuse it)."""
     from emulation.simulate import check_sweep, parse_sweep, simulate, sweep, wire_frame_sizes
+    from epic.published import published_ratios_text
     from epic.topology import load_topology
 
     topology = load_topology(topology_path)
@@ -310,7 +311,7 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
     if result.ratios is not None:
         r = result.ratios
         click.echo(f"raw/EPIC: latency p50 {r.latency_p50:.1f}x, communication energy "
-                   f"{r.energy_comm:.1f}x, bytes {r.bytes:.0f}x (published: 8.9x and 33.8x)")
+                   f"{r.energy_comm:.1f}x, bytes {r.bytes:.0f}x ({published_ratios_text()})")
     fit = result.shipped_models
     if fit is not None and not fit.fits:
         more = len(fit.problems) - 1

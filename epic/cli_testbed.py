@@ -245,6 +245,7 @@ def replay_cmd(data_dir, shots, start, mode, rate, json_out, rundir, timeout_s,
                start_lead_s) -> None:
     """Replay gathers through the device agents over the running testbed; measure."""
     from emulation.replay import replay
+    from epic.published import published_ratios_text
     from epic.report.testbed_report import partial_lines
 
     lead = {} if start_lead_s is None else {"lead_s": start_lead_s}
@@ -269,7 +270,7 @@ def replay_cmd(data_dir, shots, start, mode, rate, json_out, rundir, timeout_s,
 
         click.echo(f"raw/EPIC: latency p50 {fmt(r['latency_p50'])}, communication energy "
                    f"{fmt(r['energy_comm'])}, bytes {fmt(r['bytes'])} "
-                   f"(published: 8.9x and 33.8x)")
+                   f"({published_ratios_text()})")
     if dropped:  # a run-time failure: one line, exit status 1 (the JSON has every detail)
         named = "; ".join(f"{name} gather {d['gather']}: {d['reason']}" for name, d in dropped)
         click.echo(f"epic: error: central dropped {len(dropped)} gathers ({named})", err=True)

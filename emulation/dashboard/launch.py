@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from emulation.dashboard.server import DEFAULT_HOST, check_bind
-from emulation.testbed import REPO, RoleProcess, is_alive, load_info, write_info
+from emulation.testbed import REPO, RoleProcess, is_alive, load_info, start_ticks, write_info
 from epic.broker import free_port
 from epic.errors import InputError
 
@@ -35,14 +35,6 @@ def url_of(host: str, port: int) -> str:
     """The page's URL for a server bound to ``host:port`` (a wildcard bind: this machine)."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
-
-
-def _start_ticks(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return -1
-    return int(stat[stat.rindex(")") + 2:].split()[19])
 
 
 def _healthy(url: str, token: str | None) -> bool:
@@ -83,7 +75,7 @@ def start_detached(rundir: Path, host: str = DEFAULT_HOST, port: int | None = No
                                 stdout=handle, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=REPO, env=env,
                                 start_new_session=True)
-    role = RoleProcess("dashboard", proc.pid, _start_ticks(proc.pid), str(log_path))
+    role = RoleProcess("dashboard", proc.pid, start_ticks(proc.pid) or -1, str(log_path))
     url = url_of(host, port)
     deadline = time.monotonic() + timeout_s
     while not _healthy(url, token):

@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from epic.errors import InputError
+from epic.published import PUBLISHED_ENERGY_RATIO, PUBLISHED_LATENCY_RATIO
 
 __all__ = ["PUBLISHED_ENERGY_RATIO", "PUBLISHED_LATENCY_RATIO", "partial_lines",
            "write_report"]
 
 log = logging.getLogger(__name__)
 
-PUBLISHED_LATENCY_RATIO = 8.9
-PUBLISHED_ENERGY_RATIO = 33.8
 _STAGES = ("encode", "link_broker", "assembly", "decode")
 
 
