@@ -34,6 +34,7 @@ import torch
 from epic.data.openfwi import DatasetSpec, OpenFWIDataset, get_dataset
 from epic.data.transforms import normalize_data, normalize_velocity
 from epic.errors import DataError, InputError
+from epic.inference.encoder import EncoderRuntime
 from epic.metrics import fidelity
 from epic.models.checkpoint import load_checkpoint
 from epic.models.epic import DistributedModel
@@ -170,40 +171,6 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-class _LiteRTEncoder:
-    """One exported encoder in the LiteRT interpreter (1 thread); int8 output, and int8 or
-    (with a float stem) float32 input."""
-
-    def __init__(self, path: Path) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(path), num_threads=1)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        if self.output["dtype"] != np.int8 or self.input["dtype"] not in (np.int8, np.float32):
-            raise RuntimeError(f"{path}: input {self.input['dtype'].__name__}, output "
-                               f"{self.output['dtype'].__name__}; expected int8 (or float32 "
-                               "input) and int8 output")
-
-    def io_spec(self, which: str) -> dict:
-        d = self.input if which == "input" else self.output
-        scale, zero_point = d["quantization"]
-        return {"shape": [int(n) for n in d["shape"]], "dtype": d["dtype"].__name__,
-                "scale": float(scale), "zero_point": int(zero_point)}
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Normalised ``(5, 1000, k)`` float32 -> dequantised ``(k, token_dim)`` float32."""
-        scale, zero_point = self.input["quantization"]
-        if self.input["dtype"] == np.int8:
-            x = np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
-        self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x[None]))
-        self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self.output["index"])[0]
-        scale, zero_point = self.output["quantization"]
-        return (out.astype(np.float32) - zero_point) * np.float32(scale)
-
-
 def _check_card(directory: Path, spec: DatasetSpec, dataset: str) -> None:
     from epic.data.synth import read_card
 
@@ -213,17 +180,26 @@ def _check_card(directory: Path, spec: DatasetSpec, dataset: str) -> None:
                         f"checkpoint was trained on {dataset!r} ({spec.title})")
 
 
-def _normalised(ds: OpenFWIDataset, indices: np.ndarray, spec: DatasetSpec
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Samples ``indices`` of ``ds``: ``(n, 5, 1000, 70)`` data and ``(n, 1, 70, 70)`` velocity
-    (None without velocity shards), both on OpenFWI's normalised scales."""
-    xs, ys = [], []
+def _samples(ds: OpenFWIDataset, indices: np.ndarray, spec: DatasetSpec
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Samples ``indices`` of ``ds``: ``(n, 5, 1000, 70)`` raw amplitudes, the same data and
+    ``(n, 1, 70, 70)`` velocity (None without velocity shards) on OpenFWI's normalised
+    scales."""
+    raws, xs, ys = [], [], []
     for i in indices:
         data, velocity = ds[int(i)]
+        raws.append(data)
         xs.append(normalize_data(data, spec.data_min, spec.data_max))
         if velocity is not None:
             ys.append(normalize_velocity(velocity, spec.velocity_min_mps, spec.velocity_max_mps))
-    return np.stack(xs), (np.stack(ys) if len(ys) == len(xs) else None)
+    return np.stack(raws), np.stack(xs), (np.stack(ys) if len(ys) == len(xs) else None)
+
+
+def _normalised(ds: OpenFWIDataset, indices: np.ndarray, spec: DatasetSpec
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """`_samples` without the raw amplitudes."""
+    _, x, y = _samples(ds, indices, spec)
+    return x, y
 
 
 def _latent_error(float_latent: np.ndarray, int8_latent: np.ndarray) -> dict:
@@ -241,21 +217,24 @@ def _latent_error(float_latent: np.ndarray, int8_latent: np.ndarray) -> dict:
 
 
 @torch.no_grad()
-def _parity(model: DistributedModel, encoders: dict[int, _LiteRTEncoder], ds: OpenFWIDataset,
+def _parity(model: DistributedModel, encoders: dict[int, EncoderRuntime], ds: OpenFWIDataset,
             indices: np.ndarray, spec: DatasetSpec, end_to_end: bool, batch: int = 16) -> dict:
     """Run float and int8 encoders over ``indices`` of ``ds``; the latent error per device
-    and, with ``end_to_end``, the fidelity of int8 encoders + float decoder vs all-float."""
+    and, with ``end_to_end``, the fidelity of int8 encoders + float decoder vs all-float.
+
+    The int8 side is the devices' own runtime (`epic.inference.EncoderRuntime`): it takes
+    the raw amplitudes, normalises, quantises and runs the ``.tflite`` as a device does."""
     k = model.rx_per_device
     float_lat = {d: [] for d in encoders}
     int8_lat = {d: [] for d in encoders}
     pred_float, pred_int8, truth = [], [], []
     for start in range(0, len(indices), batch):
-        x, y = _normalised(ds, indices[start:start + batch], spec)
+        raw, x, y = _samples(ds, indices[start:start + batch], spec)
         tokens = model.encode(torch.from_numpy(x))  # (B, n_devices, k, token_dim)
         tokens_q = tokens.clone()
         for d, enc in encoders.items():
-            sl = x[..., (d - 1) * k:d * k]
-            q = np.stack([enc(s) for s in sl])  # (B, k, token_dim)
+            gathers = raw[..., (d - 1) * k:d * k]  # (B, 5, 1000, k) raw amplitudes
+            q = np.stack([enc.dequantize(enc.encode(g)) for g in gathers])  # (B, k, token_dim)
             tokens_q[:, d - 1] = torch.from_numpy(q)
             float_lat[d].append(tokens[:, d - 1].numpy())
             int8_lat[d].append(q)
@@ -355,7 +334,8 @@ def export_encoders(checkpoint: str | Path, calibration_dir: str | Path, out_dir
                                     quant_config=QuantConfig(pt2e_quantizer=quantizer))
         path = out_dir / f"device-{d}.tflite"
         edge.export(str(path))
-        encoders[d] = enc = _LiteRTEncoder(path)
+        encoders[d] = enc = EncoderRuntime(path, 1, data_min=spec.data_min,
+                                           data_max=spec.data_max, n_receivers=k)
         paths.append(path)
         entries.append({"device_id": d, "file": path.name, "sha256": sha256_file(path),
                         "size_bytes": path.stat().st_size, "receivers": [lo, hi],

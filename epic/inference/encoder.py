@@ -1,6 +1,7 @@
 """The device-side encoder runtime: one int8 ``.tflite`` encoder, no torch.
 
-Used by the devices (``devices.runtime`` re-exports it) and by export parity checks.
+Used by the devices (``devices.runtime`` re-exports it) and by the export's parity report
+(``epic.export``), so parity measures the code the devices run.
 
 :class:`EncoderRuntime` loads an encoder written by ``epic export`` with LiteRT
 (``ai_edge_litert.interpreter``), or with ``tflite_runtime.interpreter`` where LiteRT is not
@@ -231,6 +232,15 @@ class EncoderRuntime:
         self._interpreter.invoke()
         values = self._interpreter.get_tensor(self._out["index"])[0].copy()
         return Latent(values, self.output_scale, self.output_zero_point)
+
+    def io_spec(self, which: str) -> dict:
+        """The model's ``"input"`` or ``"output"`` tensor as the export manifest records it:
+        shape, dtype name, quantisation scale and zero point."""
+        detail = {"input": self._in, "output": self._out}[which]
+        scale, zero_point = _quantization(detail)
+        return {"shape": [int(n) for n in detail["shape"]],
+                "dtype": np.dtype(detail["dtype"]).name, "scale": scale,
+                "zero_point": zero_point}
 
     @staticmethod
     def dequantize(latent: Latent) -> np.ndarray:
