@@ -14,10 +14,12 @@ profile): :func:`run_devices` starts device-1..N, waits for them and removes the
 topology; a unit test compares it with docker-compose.yml service by service.
 
 Images: ``epic-device`` (devices/Dockerfile: numpy, paho-mqtt, LiteRT, never torch) and
-``epic-central`` (central/Dockerfile, CPU torch; the link proxies use it too) are built with
-``client.images.build`` from the repository root (.dockerignore keeps .venv, data and runs
-out of the context); ``build=False`` uses existing tags instead (e.g. from
-``docker compose build``). ``eclipse-mosquitto:2`` is pulled when absent.
+``epic-central`` (central/Dockerfile: torch-free decoders on ONNX Runtime; the link proxies
+use it too) are built with ``client.images.build`` from the repository root (.dockerignore
+keeps .venv, data and runs out of the context) on ``$EPIC_PYTHON_BASE`` (python:3.11-slim),
+as compose builds them; ``build=False`` uses existing tags instead (e.g. from ``docker
+compose build``). The broker runs ``$EPIC_MOSQUITTO_BASE`` (eclipse-mosquitto:2), pulled when
+absent; docker/build-local-base.sh makes local stand-ins for both bases.
 
 Every container and the network carry the labels ``epic.testbed`` (the topology's name),
 ``epic.rundir`` and ``epic.service``; :func:`down` removes exactly what carries this
@@ -35,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from emulation.docker_specs import (
-    BROKER_IMAGE,
     BROKER_PORT,
     DOCKERFILES,
     PROXY_BASE_PORT,
     RESIDENT,
+    base_images,
     container_specs,
 )
 from emulation.testbed import (
@@ -114,16 +116,20 @@ def _docker_call(what: str, call, *args, **kwargs):
 def _ensure_images(client: Any, build: bool) -> None:
     import docker
 
+    bases = base_images()  # $EPIC_PYTHON_BASE / $EPIC_MOSQUITTO_BASE, as in compose
     try:
-        client.images.get(BROKER_IMAGE)
+        client.images.get(bases["mosquitto"])
     except docker.errors.ImageNotFound:
-        log.info("pulling %s", BROKER_IMAGE)
-        _docker_call(f"pull {BROKER_IMAGE}", client.images.pull, *BROKER_IMAGE.split(":"))
+        log.info("pulling %s", bases["mosquitto"])
+        _docker_call(f"pull {bases['mosquitto']}", client.images.pull,
+                     *bases["mosquitto"].rsplit(":", 1))
     for tag, dockerfile in DOCKERFILES.items():
         if build:
-            log.info("building %s from %s (minutes the first time)", tag, dockerfile)
+            log.info("building %s from %s on %s (minutes the first time)", tag, dockerfile,
+                     bases["python"])
             _docker_call(f"build {tag} from {dockerfile}", client.images.build,
-                         path=str(REPO), dockerfile=dockerfile, tag=tag, rm=True)
+                         path=str(REPO), dockerfile=dockerfile, tag=tag, rm=True,
+                         buildargs={"BASE": bases["python"]})
             continue
         try:
             client.images.get(tag)

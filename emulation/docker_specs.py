@@ -29,11 +29,21 @@ __all__ = [
     "RESIDENT",
     "RUNTIME_LABELS",
     "ContainerSpec",
+    "base_images",
     "container_specs",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
 BROKER_IMAGE = "eclipse-mosquitto:2"
+PYTHON_BASE = "python:3.11-slim"
+
+
+def base_images() -> dict[str, str]:
+    """The base images, as compose takes them: $EPIC_PYTHON_BASE and $EPIC_MOSQUITTO_BASE
+    (docker/local-base.env names the local stand-ins), else the registry's."""
+    return {"python": os.environ.get("EPIC_PYTHON_BASE") or PYTHON_BASE,
+            "mosquitto": os.environ.get("EPIC_MOSQUITTO_BASE") or BROKER_IMAGE}
+
 DEVICE_IMAGE = "epic-device"
 CENTRAL_IMAGE = "epic-central"
 DOCKERFILES = {DEVICE_IMAGE: "devices/Dockerfile", CENTRAL_IMAGE: "central/Dockerfile"}
@@ -130,7 +140,8 @@ def container_specs(topology: Topology, rundir: Path, *, data_dir: Path = REPO /
             central_volumes[host] = {"bind": host, "mode": "ro"}
     specs = {
         "broker": ContainerSpec(
-            "broker", BROKER_IMAGE, None, ("/usr/sbin/mosquitto", "-c", f"{run}/mosquitto.conf"),
+            "broker", base_images()["mosquitto"], None,
+            ("/usr/sbin/mosquitto", "-c", f"{run}/mosquitto.conf"),
             user, volumes=dict(mount), labels=labels("broker", **{"epic.role": "broker"}),
             ports={} if broker_host_port is None else {f"{BROKER_PORT}/tcp": broker_host_port}),
         "central": ContainerSpec(

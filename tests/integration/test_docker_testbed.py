@@ -1,8 +1,8 @@
 """The docker runtime end to end: build the images, up, replay through device containers, down.
 
 Needs a Docker engine (and mosquitto_passwd on the host for the credentials); where none is
-reachable, as on the development machine, the test is SKIPPED and says so. The first run
-builds epic-central (CPU torch): allow many minutes.
+reachable, the test is SKIPPED and says so. Images are built on the registry bases, or on
+the local ones of docker/build-local-base.sh where the engine cannot pull.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from emulation import docker_runtime
 from epic.errors import InputError
 from tests.conftest import REPO
 from tests.integration.conftest import requires_mosquitto
+from tests.integration.test_compose import _bases
 
 NO_ENGINE = docker_runtime.engine_problem()
 
@@ -26,6 +27,16 @@ pytestmark = [
                        reason=f"docker runtime not run, no Docker engine here: {NO_ENGINE}"),
     pytest.mark.timeout(3600),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _base_images(monkeypatch):
+    """Build on the registry bases where the engine has them, else on the local stand-ins."""
+    bases, why = _bases()
+    if bases is None:
+        pytest.skip(f"docker runtime not run: {why}")
+    for name, image in bases.items():
+        monkeypatch.setenv(name, image)
 
 
 def _fast_topology(tmp_path: Path) -> Path:
