@@ -126,8 +126,8 @@ class StateCollector:
                  state.partial),
                 ("epic_gathers_dropped", "Gathers central gave up on.", state.dropped)):
             family = CounterMetricFamily(name, doc, labels=["mode"])
-            for mode, n in sorted(counts.items()):
-                family.add_metric([mode], n)
+            for mode in sorted({*state.gathers, *state.partial, *state.dropped}):
+                family.add_metric([mode], counts.get(mode, 0))
             yield family
         latency = HistogramMetricFamily("epic_stage_latency_seconds", "Latency of one stage "
                                         "per device and gather, seconds.",

@@ -122,7 +122,7 @@
       node.appendChild(sv("circle", { cx: X.device, cy: y, r: 20 }));
       node.appendChild(sv("text", { x: X.device, y: y + 4, "text-anchor": "middle" }, d.id.replace("device-", "d")));
       node.appendChild(sv("text", { x: X.device + 26, y: y - 20, class: "sub" }, d.id));
-      node.appendChild(sv("text", { x: X.device + 26, y: y + 28, class: "dead-mark" }, "✖ DEAD"));
+      node.appendChild(sv("text", { x: X.device + 80, y: y - 20, class: "dead-mark" }, "✖ DEAD"));
       const title = sv("title", {}, `${d.id}: ${d.dead ? "dead (kill-device)" : state}, MQTT ${d.mqtt_status || "–"}`);
       node.appendChild(title);
       nodes.appendChild(node);
