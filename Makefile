@@ -40,7 +40,8 @@ demo: setup
 	$(EPIC) testbed down --dir $(DEMO_DIR)/testbed
 	set -e; trap '$(EPIC) testbed down --dir $(DEMO_DIR)/testbed' EXIT; \
 	$(EPIC) testbed up --topology topology.yaml --dir $(DEMO_DIR)/testbed \
-		--truth $(DEMO_DIR)/flatvel-a --raw-checkpoint artifacts/inversionnet-flatvel-a.pt; \
+		--truth $(DEMO_DIR)/flatvel-a --raw-checkpoint artifacts/inversionnet-flatvel-a.pt \
+		--dashboard; \
 	$(EPIC) replay --data $(DEMO_DIR)/flatvel-a --shots $(DEMO_SHOTS) --mode both --rate realtime \
 		--dir $(DEMO_DIR)/testbed --json $(REPORT_DIR)/replay.json; \
 	$(EPIC) report $(DEMO_DIR)/testbed --out $(REPORT_DIR)
