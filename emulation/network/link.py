@@ -59,16 +59,19 @@ def draw_resends(full_packets: int, loss: float, max_retries: int,
     """
     if not loss > 0.0:
         return DELIVERED
+    n_full = sum(1 for _ in range(full_packets) if rand() < loss) if full_packets else 0
+    last_out = rand() < loss
+    if not (n_full or last_out):
+        return DELIVERED  # the common case: nothing lost, nothing to build
     rounds: list[Round] = []
-    n_full, last_out = full_packets, True
     while True:
-        n_full = sum(1 for _ in range(n_full) if rand() < loss)
-        last_out = last_out and rand() < loss
-        if not (n_full or last_out):
-            return (tuple(rounds), False) if rounds else DELIVERED
         if len(rounds) == max_retries:
             return tuple(rounds), True
         rounds.append((n_full, last_out))
+        n_full = sum(1 for _ in range(n_full) if rand() < loss) if n_full else 0
+        last_out = last_out and rand() < loss
+        if not (n_full or last_out):
+            return tuple(rounds), False
 
 
 class Medium:

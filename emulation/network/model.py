@@ -5,13 +5,14 @@ closed-form FIFO servers; the PUBACK back over the link; the per-frame records a
 books turned into a `NetworkResult`. Segmentation and loss rounds come from the link kernel
 (`emulation.network.link`), as in the live proxy.
 
-The per-frame records are NamedTuples (`_Ready`, `_InFlight`) and the rows of the result
-table are laid out as `_Row`. A 1,000-device run makes hundreds of thousands of them, so the
-hot paths build them with ``tuple.__new__`` (what a NamedTuple's own constructor calls, without
-its Python frame) and unpack them into named locals; `_Ready` records are made one at a time
-(`_ready_times` is a generator) and a row is ``frame + (end_s, ...)``, a plain tuple of
-numbers, which the garbage collector stops tracking (NamedTuple instances stay tracked, and
-100,000 of them held to the end would slow every collection).
+The per-frame records are named by NamedTuples: `_InFlight` (a frame on its way to the
+broker) is one; `_Ready` and `_Row` name the layout of plain tuples. A 1,000-device run makes
+hundreds of thousands of each, and the difference is measured (bench/bench_network.py): the
+hot paths build an `_InFlight` with ``tuple.__new__`` (what a NamedTuple's own constructor
+calls, without its Python frame) and unpack every record into named locals; `_ready_times`
+yields plain tuples one at a time, and a row is ``frame + (end_s, ...)``, a plain tuple of
+numbers that the garbage collector stops tracking (NamedTuple instances stay tracked, and
+100,000 of them held to the end slow every collection).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ _new = tuple.__new__  # _new(Record, (fields...)): a NamedTuple without its Pyth
 
 
 class _Ready(NamedTuple):
-    """When one frame is ready to send (the device CPU runs one message at a time)."""
+    """When one frame is ready to send (the device CPU runs one message at a time). The
+    layout of the tuples `NetworkModel._ready_times` yields."""
 
     gather: int
     message: int
@@ -145,9 +147,10 @@ class NetworkModel:
         return self._result(horizon_s)
 
     @staticmethod
-    def _ready_times(s: LinkSender, w: Workload) -> Iterator[_Ready]:
-        """When each frame is ready, in order; the device CPU runs one message at a time
-        (booked in ``s.compute_s`` as the frames are taken)."""
+    def _ready_times(s: LinkSender, w: Workload) -> Iterator[tuple]:
+        """When each frame is ready, in order, as `_Ready` tuples (gather, message, start_s,
+        compute_s, ready_s); the device CPU runs one message at a time (booked in
+        ``s.compute_s`` as the frames are taken)."""
         cpu_free_s = 0.0
         for gather in range(w.gathers):
             start_s = gather * w.interval_s
@@ -155,10 +158,10 @@ class NetworkModel:
                 compute_s = m.compute_s * s.cpu_scale
                 cpu_free_s = max(cpu_free_s, start_s) + compute_s
                 s.compute_s += compute_s
-                yield _new(_Ready, (gather, message, start_s, compute_s, cpu_free_s))
+                yield gather, message, start_s, compute_s, cpu_free_s
 
     def _closed_form(self, s: LinkSender, w: Workload,
-                     ready: Iterable[_Ready]) -> list[tuple[float, _InFlight]]:
+                     ready: Iterable[tuple]) -> list[tuple[float, _InFlight]]:
         """A dedicated link in closed form: its (broker arrival time, frame) list.
 
         The same kernel (`segment`, `draw_resends`, `LinkSender.round_wire`) and the same draws
@@ -207,7 +210,7 @@ class NetworkModel:
                 yield env.timeout(t - env.now)
             arrive(t, frame)
 
-    def _send_all(self, s: LinkSender, w: Workload, ready: Iterable[_Ready]):
+    def _send_all(self, s: LinkSender, w: Workload, ready: Iterable[tuple]):
         """The event-by-event sender: medium contention, loss rounds, duty cycle."""
         env, rto_s = self.env, s.link.rto_s
         for gather, message, start_s, compute_s, ready_s in ready:

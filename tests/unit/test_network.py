@@ -149,3 +149,37 @@ def test_closed_form_fifo_medium_equals_simpy_resource(energy: str) -> None:
                                    rtol=1e-12, atol=1e-15, err_msg=name)
     for a, b in zip(fast.energy, slow.energy, strict=True):
         assert (a.tx_j, a.rx_j, a.idle_j) == pytest.approx((b.tx_j, b.rx_j, b.idle_j), rel=1e-12)
+
+
+def _reference_rounds(full_packets: int, loss: float, max_retries: int, rand):
+    """The loss rounds as first written (the model's loop before the link kernel)."""
+    rounds, n_full, last_out = [], full_packets, True
+    while True:
+        if loss > 0.0:
+            n_full = sum(1 for _ in range(n_full) if rand() < loss)
+            last_out = last_out and rand() < loss
+        else:
+            n_full, last_out = 0, False
+        if not (n_full or last_out):
+            return tuple(rounds), False
+        if len(rounds) == max_retries:
+            return tuple(rounds), True
+        rounds.append((n_full, last_out))
+
+
+@pytest.mark.parametrize(("full_packets", "loss", "max_retries"),
+                         [(0, 0.0, 3), (0, 0.3, 2), (4, 0.3, 0), (4, 0.5, 3), (40, 0.1, 6)])
+def test_draw_resends_draws_as_the_reference_loop(full_packets: int, loss: float,
+                                                  max_retries: int) -> None:
+    """The kernel's loss rounds and the order of its draws equal the plain loop's."""
+    import random
+
+    from emulation.network import draw_resends, segment
+
+    for seed in range(200):
+        a, b = random.Random(seed).random, random.Random(seed).random
+        assert draw_resends(full_packets, loss, max_retries, a) == _reference_rounds(
+            full_packets, loss, max_retries, b)
+        assert a() == b()  # the same number of draws
+    assert segment(0, 100) == (0, 0) and segment(100, 100) == (0, 100)
+    assert segment(250, 100) == (2, 50)
