@@ -27,19 +27,22 @@ sys.path.insert(0, str(REPO))
 from emulation import testbed  # noqa: E402
 from emulation.faults import restart_broker  # noqa: E402
 from emulation.replay import replay  # noqa: E402
+from epic.rundir import (  # noqa: E402
+    AgentSummary,
+    CentralStatus,
+    DroppedGather,
+    Result,
+    RunDir,
+    read_record,
+    read_records,
+)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _central_status_after(rundir: Path, unix_s: float, timeout_s: float = 15.0) -> dict:
+def _central_status_after(rundir: Path, unix_s: float, timeout_s: float = 15.0) -> CentralStatus:
     deadline = time.monotonic() + timeout_s
     while True:
-        status = json.loads((rundir / "central-status.json").read_text())
-        if status["updated_ns"] / 1e9 > unix_s or time.monotonic() > deadline:
+        status = read_record(RunDir(rundir).central_status, CentralStatus)
+        if status.updated_ns / 1e9 > unix_s or time.monotonic() > deadline:
             return status
         time.sleep(0.1)
 
@@ -66,18 +69,20 @@ def one_run(work: Path, topology: Path, data: Path, shots: int, mode: str, rate:
         worker.join(timeout_s + 60)
         ended = time.time()
         central_mode = "latent" if mode == "epic" else "raw"
-        records = [r for r in _jsonl(rundir / "results.jsonl") if r["mode"] == central_mode]
-        dropped = [r for r in _jsonl(rundir / "dropped.jsonl") if r["mode"] == central_mode]
-        frames = _central_status_after(rundir, ended + 1.0)["frames"]
-        agents = [json.loads(p.read_text()) for p in sorted(rundir.glob("agent-device-*.json"))]
+        files = RunDir(rundir)
+        records = [r for r in read_records(files.results, Result) if r.mode == central_mode]
+        dropped = [r for r in read_records(files.dropped, DroppedGather)
+                   if r.mode == central_mode]
+        frames = _central_status_after(rundir, ended + 1.0).frames
+        agents = [read_record(p, AgentSummary) for p in sorted(rundir.glob(files.AGENT_GLOB))]
         return {
             "signal": signal_name, "gathers": shots,
             "decoded": len(records),
-            "partial": sum(bool(r["absent"] or r["incomplete"]) for r in records),
+            "partial": sum(r.missing_any for r in records),
             "dropped": len(dropped) + max(shots - len(records) - len(dropped), 0),
-            "late": frames["rejected"].get("late", 0),
-            "duplicates": frames["rejected"].get("duplicate", 0),
-            "resent": sum(a.get("resent", a.get("replayed", 0)) for a in agents),
+            "late": frames.rejected.get("late", 0),
+            "duplicates": frames.rejected.get("duplicate", 0),
+            "resent": sum(a.resent for a in agents),
             "error": outcome.get("error"),
         }
     finally:

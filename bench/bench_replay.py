@@ -55,6 +55,7 @@ from emulation import testbed  # noqa: E402
 from emulation.replay import replay  # noqa: E402
 from epic.data.openfwi import OpenFWIDataset  # noqa: E402
 from epic.errors import InputError  # noqa: E402
+from epic.rundir import AgentSummary, Result, RunDir, read_record, read_records  # noqa: E402
 
 log = logging.getLogger("bench_replay")
 
@@ -119,24 +120,22 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _results(rundir: Path) -> list[dict]:
-    path = rundir / "results.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _results(rundir: Path) -> list[Result]:
+    return read_records(RunDir(rundir).results, Result)
 
 
-def breakdown(records: list[dict], spawn_unix_s: float, wall_s: float) -> dict:
+def breakdown(records: list[Result], spawn_unix_s: float, wall_s: float) -> dict:
     """Where the mode's wall time went, from central's results.jsonl records (seconds)."""
-    stamps = [s for r in records for s in r["devices"].values()]
+    stamps = [s for r in records for s in r.devices.values()]
     first_capture = {}
     for rec in records:
-        for device, s in rec["devices"].items():
-            first_capture[device] = min(first_capture.get(device, s["capture_ns"]),
-                                        s["capture_ns"])
+        for device, s in rec.devices.items():
+            first_capture[device] = min(first_capture.get(device, s.capture_ns), s.capture_ns)
     spawn_ns = spawn_unix_s * 1e9
-    first_ns = min(s["capture_ns"] for s in stamps)
-    encoded_ns = max(s["encode_end_ns"] for s in stamps)
-    decode_end = sorted(r["decode_end_ns"] for r in records)
-    batches = {(r["decode_start_ns"], r["decode_end_ns"]): r["decode_batch"] for r in records}
+    first_ns = min(s.capture_ns for s in stamps)
+    encoded_ns = max(s.encode_end_ns for s in stamps)
+    decode_end = sorted(r.decode_end_ns for r in records)
+    batches = {(r.decode_start_ns, r.decode_end_ns): r.decode_batch for r in records}
     return {
         "phases_s": {
             "agent_startup_first": (first_ns - spawn_ns) / 1e9,
@@ -170,8 +169,8 @@ def run(topology: Path, data: Path, count: int, out: Path, timeout_s: float) -> 
                         **_NO_LEAD)
         agents_cpu_s = _children_cpu_s() - children_before
         after = {role: _cpu_s(pid) for role, pid in pids.items()}
-        records = [r for r in _results(rundir) if r["mode"] == "latent"]
-        agent_stats = {d: json.loads((rundir / f"agent-{d}.json").read_text())
+        records = [r for r in _results(rundir) if r.mode == "latent"]
+        agent_stats = {d: read_record(RunDir(rundir).agent_stats(d), AgentSummary)
                        for d in info.devices}
     finally:
         testbed.down(rundir)
@@ -187,8 +186,8 @@ def run(topology: Path, data: Path, count: int, out: Path, timeout_s: float) -> 
         "cpu_s": cpu,
         "cpu_ms_per_gather": {k: (v * 1e3 / count if v is not None else None)
                               for k, v in cpu.items()},
-        "agents": {d: {"encode_ms_p50": s["encode_s"].get("p50", 0) * 1e3,
-                       "backend": s["backend"], "frames": s["frames_published"]}
+        "agents": {d: {"encode_ms_p50": (s.encode_s.p50 or 0) * 1e3,
+                       "backend": s.backend, "frames": s.frames_published}
                    for d, s in agent_stats.items()},
         "stages_ms_p50": {k: v["p50"] * 1e3 for k, v in mode["stages_s"].items()},
         "capture_to_decode_ms": {k: v * 1e3 for k, v in mode["capture_to_decode_s"].items()

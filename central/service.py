@@ -11,8 +11,9 @@ thread) validates, assembles, decodes and writes, so the core needs no locks. A 
 acknowledged (PUBACK) once queued; on SIGTERM/SIGINT the worker drains the queue, closes every
 open gather, flushes, publishes "offline" and exits 0. Outputs in RUNDIR: ``results.jsonl``
 (one line per decoded gather), ``maps/<mode>-<gather>.npy`` ((70, 70) float32 m/s) and
-``central-status.json`` (counters, rewritten atomically every second). See the "Central node"
-section of docs/wire-format.md.
+``central-status.json`` (counters, rewritten atomically every second), and ``dropped.jsonl``
+(one line per gather closed with no complete device); :mod:`epic.rundir` owns their records
+(docs/rundir.md). See the "Central node" section of docs/wire-format.md.
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ from epic.errors import InputError
 from epic.inference.decoders import LatentDecoderRuntime
 from epic.metrics import per_sample_fidelity
 from epic.mqtt import MqttConnectError, MqttSettings, SessionClient
+from epic.rundir import (
+    CentralStatus,
+    DeliveryCounts,
+    DeviceReceipt,
+    DroppedGather,
+    FrameCounts,
+    GatherCounts,
+    Result,
+    RunDir,
+    append_record,
+    write_map,
+    write_record,
+)
 from epic.topology import Topology, load_topology
 from epic.wire import (
     STATUS_ONLINE,
@@ -58,9 +72,6 @@ from epic.wire import (
 __all__ = ["CentralConfig", "CentralService", "LatentDecoder", "main"]
 
 log = logging.getLogger(__name__)
-STATUS_FILE = "central-status.json"
-RESULTS_FILE = "results.jsonl"
-DROPPED_FILE = "dropped.jsonl"  # one line per gather closed with no complete device
 
 
 @dataclass(frozen=True)
@@ -158,12 +169,6 @@ class LatentDecoder:
         return denormalize_velocity(y.numpy()[:, 0])  # (B, 70, 70) m/s
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class CentralService:
     """The running central node. ``run(stop)`` blocks until ``stop`` is set."""
 
@@ -186,7 +191,8 @@ class CentralService:
         self.rejections = RejectionLog(config.log_interval_s)
         self.truth = OpenFWIDataset(config.truth) if config.truth else None
         self.rundir = Path(config.rundir)
-        (self.rundir / "maps").mkdir(parents=True, exist_ok=True)
+        self.files = RunDir(self.rundir)
+        self.files.maps.mkdir(parents=True, exist_ok=True)
         self._inbox: queue.SimpleQueue[tuple[str, bytes, int]] = queue.SimpleQueue()
         self.received = self.accepted = self.status_messages = self.decode_errors = 0
         self.decoded = {mode: 0 for mode in MODE_OF_KIND.values()}
@@ -298,12 +304,11 @@ class CentralService:
         """A gather closed with no complete device: one line in RUNDIR/dropped.jsonl."""
         reason = (f"no device complete within the {self.assembler.deadline_s:g} s deadline"
                   + (f" (extended {gather.extended}x)" if gather.extended else ""))
-        record = {"gather": gather.gather_id, "mode": gather.mode, "reason": reason,
-                  "incomplete": [self.names[d] for d in gather.incomplete],
-                  "wait_s": round(gather.closed_s - gather.first_s, 6),
-                  "dropped_ns": time.time_ns()}
-        with open(self.rundir / DROPPED_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        record = DroppedGather(gather=gather.gather_id, mode=gather.mode, reason=reason,
+                               incomplete=tuple(self.names[d] for d in gather.incomplete),
+                               wait_s=round(gather.closed_s - gather.first_s, 6),
+                               dropped_ns=time.time_ns())
+        append_record(self.files.dropped, record)
         log.warning("%s gather %d dropped: %s", gather.mode, gather.gather_id, reason)
 
     def _ingest(self, topic: str, payload: bytes, receive_ns: int) -> list[Gather]:
@@ -354,35 +359,30 @@ class CentralService:
     def _sink(self, gather: Gather, velocity: np.ndarray | None, start_ns: int, end_ns: int,
               batch: int) -> None:
         """Write the map, one results.jsonl line, and the short result on MQTT."""
-        name = f"{gather.mode}-{gather.gather_id}"
         map_ref = None
         if velocity is not None:
-            map_ref = f"maps/{name}.npy"
-            tmp = self.rundir / "maps" / f".{name}.tmp.npy"
-            np.save(tmp, np.asarray(velocity, np.float32))
-            os.replace(tmp, self.rundir / map_ref)
-        devices = {self.names[d]: {**p.stamps_ns, "frames": len(p.frames),
-                                   "wire_bytes": p.wire_bytes}
+            map_ref = RunDir.map_ref(gather.mode, gather.gather_id)
+            write_map(self.files.map(gather.mode, gather.gather_id), velocity)
+        devices = {self.names[d]: DeviceReceipt(**p.stamps_ns, frames=len(p.frames),
+                                                wire_bytes=p.wire_bytes)
                    for d, p in gather.devices.items()}
-        record = {
-            "gather": gather.gather_id, "mode": gather.mode,
-            "present": [self.names[d] for d in gather.devices],
-            "absent": [n for d, n in self.names.items() if d not in gather.devices],
-            "incomplete": [self.names[d] for d in gather.incomplete],
-            "partial": len(gather.devices) < len(self.names),
-            "at_deadline": gather.at_deadline, "deadline_extended": gather.extended,
-            "wait_s": round(gather.closed_s - gather.first_s, 6),
-            "decode_start_ns": start_ns, "decode_end_ns": end_ns, "decode_batch": batch,
-            "devices": devices,
-            "wire_bytes": sum(d["wire_bytes"] for d in devices.values()),
-            "map": map_ref, "metrics": self._metrics(gather.gather_id, velocity),
-        }
-        with open(self.rundir / RESULTS_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        record = Result(
+            gather=gather.gather_id, mode=gather.mode,
+            present=tuple(self.names[d] for d in gather.devices),
+            absent=tuple(n for d, n in self.names.items() if d not in gather.devices),
+            incomplete=tuple(self.names[d] for d in gather.incomplete),
+            partial=len(gather.devices) < len(self.names),
+            at_deadline=gather.at_deadline, deadline_extended=gather.extended,
+            wait_s=round(gather.closed_s - gather.first_s, 6),
+            decode_start_ns=start_ns, decode_end_ns=end_ns, decode_batch=batch,
+            devices=devices, wire_bytes=sum(d.wire_bytes for d in devices.values()),
+            map=map_ref, metrics=self._metrics(gather.gather_id, velocity))
+        append_record(self.files.results, record)
         self.decoded[gather.mode] += 1
-        self.partial += len(gather.devices) < len(self.names)
-        short = {k: record[k] for k in ("gather", "mode", "present", "decode_end_ns", "map",
-                                        "metrics")}
+        self.partial += record.partial
+        full = record.to_dict()
+        short = {k: full[k] for k in ("gather", "mode", "present", "decode_end_ns", "map",
+                                      "metrics")}
         self.last_gather = short
         if self.client.is_connected:
             self.client.publish(result_topic(self.testbed), json.dumps(short).encode())
@@ -397,26 +397,26 @@ class CentralService:
                                   normalize_velocity(true)[None])
         return {k: round(float(v[0]), 6) for k, v in per.items()}
 
-    def status(self) -> dict:
+    def status(self) -> CentralStatus:
         """The counters written to central-status.json."""
-        return {
-            "pid": os.getpid(), "started_ns": self.started_ns, "updated_ns": time.time_ns(),
-            "testbed": self.testbed, "connected": self.client.is_connected,
-            "connects": self.client.connects,
-            "frames": {"received": self.received, "accepted": self.accepted,
-                       "rejected": dict(sorted(self.rejections.counts.items()))},
-            "gathers": {"decoded": dict(self.decoded), "partial": self.partial,
-                        "dropped": self.assembler.dropped, "pending": self.assembler.pending,
-                        "decode_errors": self.decode_errors},
-            "delivery": {"confirmations_sent": self.acks_sent,
-                         "deadline_extensions": self.deadline_extensions},
-            "status_messages": self.status_messages, "device_status": self.device_status,
-            "last_gather": self.last_gather,
-        }
+        return CentralStatus(
+            pid=os.getpid(), started_ns=self.started_ns, updated_ns=time.time_ns(),
+            testbed=self.testbed, connected=self.client.is_connected,
+            connects=self.client.connects,
+            frames=FrameCounts(received=self.received, accepted=self.accepted,
+                               rejected=dict(sorted(self.rejections.counts.items()))),
+            gathers=GatherCounts(decoded=dict(self.decoded), partial=self.partial,
+                                 dropped=self.assembler.dropped,
+                                 pending=self.assembler.pending,
+                                 decode_errors=self.decode_errors),
+            delivery=DeliveryCounts(confirmations_sent=self.acks_sent,
+                                    deadline_extensions=self.deadline_extensions),
+            status_messages=self.status_messages, device_status=dict(self.device_status),
+            last_gather=self.last_gather)
 
     def write_status(self) -> None:
         """Rewrite RUNDIR/central-status.json atomically."""
-        _write_atomic(self.rundir / STATUS_FILE, json.dumps(self.status(), indent=1))
+        write_record(self.files.central_status, self.status())
 
     def shutdown(self) -> None:
         """Drain, close every open gather, publish "offline", disconnect, final status."""

@@ -46,6 +46,7 @@ from epic.data.openfwi import OpenFWIDataset
 from epic.data.stream import GatherAssembler, replay_gather
 from epic.errors import InputError
 from epic.mqtt import MqttConnectError, MqttSettings, SessionClient
+from epic.rundir import AgentSummary, EncodeTimes, RunDir, write_record
 from epic.topology import load_topology
 
 __all__ = ["AgentStats", "DeviceAgent", "main"]
@@ -58,7 +59,8 @@ STATS_PERIOD_S = 0.5  # while replaying, the stats file is rewritten at most thi
 
 @dataclass
 class AgentStats:
-    """Counters written to ``RUNDIR/agent-device-<n>.json`` (times in seconds)."""
+    """The agent's running counters (times in seconds); :meth:`summary` is the record
+    (:class:`epic.rundir.AgentSummary`) written to ``RUNDIR/agent-device-<n>.json``."""
 
     device: str
     mode: str
@@ -76,13 +78,14 @@ class AgentStats:
     resent: int = 0  # frames sent again after reconnects (acknowledged, unconfirmed)
     unconfirmed_at_exit: int = 0  # frames central had not confirmed when the agent exited
 
-    def summary(self) -> dict:
+    def summary(self) -> AgentSummary:
+        """The record written to the stats file (encode times as p50, p99 and count)."""
         data = asdict(self)
         enc = np.asarray(self.encode_s)
-        data["encode_s"] = ({"p50": float(np.percentile(enc, 50)),
-                             "p99": float(np.percentile(enc, 99)), "n": int(enc.size)}
-                            if enc.size else {"n": 0})
-        return data
+        data["encode_s"] = (EncodeTimes(p50=float(np.percentile(enc, 50)),
+                                        p99=float(np.percentile(enc, 99)), n=int(enc.size))
+                            if enc.size else EncodeTimes(n=0))
+        return AgentSummary(**data)
 
 
 class DeviceAgent:
@@ -217,10 +220,7 @@ class DeviceAgent:
             return
         self._stats_written_s = now_s
         self.stats.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        path = self.rundir / f"agent-{self.spec.id}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.stats.summary(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_record(RunDir(self.rundir).agent_stats(self.spec.id), self.stats.summary())
 
     def wait_confirmed(self, timeout_s: float) -> bool:
         """Wait until central has confirmed every frame this agent published (end to end);
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     except MqttConnectError as exc:  # broker unreachable or refused us: one line
         log.error("%s", exc)
         return 1
-    log.info("done: %s", json.dumps(agent.stats.summary()))
+    log.info("done: %s", json.dumps(agent.stats.summary().to_dict()))
     return 0
 
 

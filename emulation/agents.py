@@ -14,7 +14,6 @@ SIGKILL one mid-replay, and an agent that died that way is not a failure of the 
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import subprocess
@@ -24,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulation.faults import dead_devices, record_agents
-from emulation.testbed import REPO, RoleProcess, TestbedInfo, start_ticks
-from epic.errors import InputError
+from emulation.testbed import REPO, start_ticks
+from epic.errors import InputError, RunError
+from epic.rundir import AgentSummary, RecordError, RoleProcess, RunDir, TestbedInfo, read_record
 
 __all__ = ["DEFAULT_LEAD_S", "AgentRun", "run_agents"]
 
@@ -60,8 +60,8 @@ def run_agents(info: TestbedInfo, mode: str, data: Path, shots: int, start: int,
                encoders: Path, timeout_s: float, lead_s: float = DEFAULT_LEAD_S) -> AgentRun:
     """Run one mode's agents for gathers ``start .. start + shots`` and wait until they exit.
 
-    Raises InputError if every device is dead, or an agent fails (other than by kill-device)
-    or does not finish within ``timeout_s`` seconds.
+    Raises InputError if every device is dead; RunError if an agent fails (other than by
+    kill-device) or does not finish within ``timeout_s`` seconds.
     """
     rundir = Path(info.rundir)
     dead = dead_devices(rundir)
@@ -75,7 +75,7 @@ def run_agents(info: TestbedInfo, mode: str, data: Path, shots: int, start: int,
         log.warning("%s is dead (kill-device): its %s agent is not started", device, mode)
     procs: dict[str, tuple[Path, subprocess.Popen]] = {}
     for device in live:
-        log_path = rundir / "logs" / f"agent-{device}-{mode}.log"
+        log_path = RunDir(rundir).log(f"agent-{device}-{mode}")
         args = [sys.executable, "-m", "devices.agent",
                 "--device-id", device.rsplit("-", 1)[1], "--topology", info.topology,
                 "--rundir", info.rundir, "--encoders", str(encoders), "--data", str(data),
@@ -108,7 +108,7 @@ def run_agents(info: TestbedInfo, mode: str, data: Path, shots: int, start: int,
         elif proc.returncode != 0:
             failed.append(f"{device} exit {proc.returncode} (see {log_path})")
     if failed:
-        raise InputError(f"{mode} agents failed: {'; '.join(failed)}")
+        raise RunError(f"{mode} agents failed: {'; '.join(failed)}")
     run.start_lag_s = {d: _start_lag_s(rundir, d, run.start_at_unix_s) for d in live
                        if d not in run.killed}
     late = {d: lag for d, lag in run.start_lag_s.items() if lag is not None and lag > 0.05}
@@ -122,10 +122,11 @@ def run_agents(info: TestbedInfo, mode: str, data: Path, shots: int, start: int,
 def _start_lag_s(rundir: Path, device: str, start_at_unix_s: float) -> float | None:
     """The agent's ``start_lag_s`` from RUNDIR/agent-<device>.json, if it is for this T."""
     try:
-        stats = json.loads((rundir / f"agent-{device}.json").read_text())
-    except (OSError, ValueError):
+        stats = read_record(RunDir(rundir).agent_stats(device), AgentSummary)
+    except RecordError as exc:
+        log.warning("%s", exc)
         return None
-    if stats.get("start_at_unix_s") is None or abs(
-            stats["start_at_unix_s"] - start_at_unix_s) > 1e-3:
+    if stats is None or stats.start_at_unix_s is None or abs(
+            stats.start_at_unix_s - start_at_unix_s) > 1e-3:
         return None
-    return stats.get("start_lag_s")
+    return stats.start_lag_s

@@ -35,16 +35,26 @@ from pathlib import Path
 import numpy as np
 
 from epic.errors import InputError
+from epic.rundir import (
+    AgentSummary,
+    ProxyStatus,
+    RecordError,
+    Result,
+    RunDir,
+    read_record,
+    read_records,
+    write_json,
+)
 
 __all__ = ["collect", "init", "main", "pack_demo", "unpack_data"]
 
 log = logging.getLogger("compose")
 
 PACKED_DATA, PACKED_MODEL = "data.npy.xz", "model.npy.xz"
-STALE = ("central-status.json", "proxy-*.json", "agent-*.json", "replay-start.json",
-         "faults.json", "agents.json", "replay.json")
-PRIVATE = {"credentials.json", "passwd", "acl", "mosquitto.conf", "persistence", "tls",
-           "data"}  # never copied to the results (data goes to results/data, see collect)
+STALE = (RunDir.CENTRAL_STATUS, RunDir.PROXY_GLOB, RunDir.AGENT_GLOB, "replay-start.json",
+         RunDir.FAULTS, RunDir.AGENTS, RunDir.REPLAY)
+PRIVATE = RunDir.BROKER_PRIVATE | {"data"}  # never copied to the results (data goes to
+# results/data, see collect)
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
@@ -64,13 +74,13 @@ def _owner(spec: str) -> tuple[int, int]:
 
 def _credentials_match(rundir: Path, testbed: str, users: set[str]) -> bool:
     try:
-        data = json.loads((rundir / "credentials.json").read_text())
+        data = json.loads(RunDir(rundir).credentials.read_text())
     except (OSError, ValueError):
         return False
     passwords = set(data.get("passwords", {}))
     return (data.get("testbed") == testbed and users <= passwords
             and not {u for u in passwords - users if u.startswith("device-")}
-            and (rundir / "passwd").is_file() and (rundir / "mosquitto.conf").is_file())
+            and RunDir(rundir).passwd.is_file() and RunDir(rundir).broker_conf.is_file())
 
 
 def unpack_data(source: Path, dest: Path, gathers: int) -> tuple[int, str]:
@@ -135,8 +145,7 @@ def init(topology_path: Path, rundir: Path, data: Path, gathers: int, owner: str
     for pattern in STALE:
         for path in rundir.glob(pattern):
             path.unlink()
-    if (rundir / "results.jsonl").is_file():  # an earlier up's results: keep them aside
-        os.replace(rundir / "results.jsonl", rundir / f"results-{int(time.time())}.jsonl")
+    RunDir(rundir).rotate()  # an earlier up's results (and dropped gathers): keep them aside
     n, what = unpack_data(data, rundir / "data", gathers)
     log.info("init: %d gathers from the %s in %s/data", n, what, rundir)
     (rundir / "logs").mkdir(exist_ok=True)
@@ -146,45 +155,34 @@ def init(topology_path: Path, rundir: Path, data: Path, gathers: int, owner: str
              ", ".join(f"{d.id} {d.link}" for d in topology.devices))
 
 
-def _records(rundir: Path) -> list[dict]:
-    path = rundir / "results.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written
-            continue
-    return out
+def _records(rundir: Path) -> list[Result]:
+    return read_records(RunDir(rundir).results, Result)  # a line being written: held back
 
 
-def _summary(rundir: Path, records: list[dict], mode: str, gathers: int, rate: str) -> dict:
+def _read_or_none(path: Path, kind: type) -> object | None:
+    try:
+        return read_record(path, kind)
+    except RecordError as exc:
+        log.warning("results: %s", exc)
+        return None
+
+
+def _summary(rundir: Path, records: list[Result], mode: str, gathers: int, rate: str) -> dict:
     """RUNDIR/replay.json's content for this compose run (as :func:`emulation.replay.replay`)."""
     from emulation.replay import _predict, fidelity_cost, summarize_mode
     from epic.topology import load_topology
 
     topology = load_topology(rundir / "topology.yaml")
     devices = [d.id for d in topology.devices]
-    after = {}
-    for device in devices:
-        try:
-            after[device] = json.loads((rundir / f"proxy-{device}.json").read_text())
-        except (OSError, ValueError):
-            after[device] = {"energy_j": {}, "up_wire_bytes": 0, "resent_rounds": 0}
-    before = {d: {"energy_j": dict.fromkeys(s["energy_j"], 0.0), "up_wire_bytes": 0,
-                  "resent_rounds": 0} for d, s in after.items()}  # the proxies started at 0
+    files = RunDir(rundir)
+    after = {d: _read_or_none(files.proxy_status(d), ProxyStatus) for d in devices}
+    before = dict.fromkeys(devices)  # None: the proxies started at 0 with this run
     summary = summarize_mode(mode, records, before, after) if records else None
     if summary is not None:
         summary["fidelity_cost"] = fidelity_cost(records, [], None)
-        agents = {}
-        for device in devices:
-            try:
-                agents[device] = json.loads((rundir / f"agent-{device}.json").read_text())
-            except (OSError, ValueError):
-                continue
+        agents = [_read_or_none(files.agent_stats(d), AgentSummary) for d in devices]
         summary["agents"] = {"start_at_unix_s": next(
-            (a.get("start_at_unix_s") for a in agents.values()), None)}
+            (a.start_at_unix_s for a in agents if a is not None), None)}
     modes = {mode: summary} if summary else {}
     prediction = None
     if summary is not None:
@@ -207,16 +205,15 @@ def collect(rundir: Path, out: Path, gathers: int, mode: str, rate: str = "realt
     want = set(range(gathers))
     deadline = time.monotonic() + timeout_s
     while True:
-        records = [r for r in _records(rundir)
-                   if r.get("mode") == central_mode and r.get("gather") in want]
-        if {r["gather"] for r in records} >= want or time.monotonic() > deadline:
+        records = [r for r in _records(rundir) if r.mode == central_mode and r.gather in want]
+        if {r.gather for r in records} >= want or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    latest = {r["gather"]: r for r in records}  # one record per gather
+    latest = {r.gather: r for r in records}  # one record per gather
     records = [latest[g] for g in sorted(latest)]
     missing = sorted(want - set(latest))
     replay = _summary(rundir, records, mode, gathers, rate)
-    (rundir / "replay.json").write_text(json.dumps(replay, indent=2) + "\n")
+    write_json(RunDir(rundir).replay, replay)
     out.mkdir(parents=True, exist_ok=True)
     for entry in rundir.iterdir():
         if entry.name in PRIVATE or entry.name.startswith("."):
@@ -235,7 +232,7 @@ def collect(rundir: Path, out: Path, gathers: int, mode: str, rate: str = "realt
     summary = replay["modes"].get(mode)
     partial = summary["partial"] if summary else 0
     log.info("results: central decoded %d of %d gathers in %s mode (%d partial) to %d maps",
-             len(records), gathers, mode, partial, sum(1 for r in records if r.get("map")))
+             len(records), gathers, mode, partial, sum(1 for r in records if r.map))
     if summary:
         lat = summary["capture_to_decode_s"]
         fid = summary.get("fidelity")

@@ -20,13 +20,12 @@ in the run directory rather than a stopped resident process.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -39,7 +38,8 @@ from emulation.testbed import (
     spawn_role,
     write_info,
 )
-from epic.errors import InputError
+from epic.errors import InputError, RunError
+from epic.rundir import AgentProcesses, Faults, RunDir, read_record, write_atomic, write_record
 from epic.topology import parse_topology
 
 __all__ = [
@@ -56,32 +56,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FAULTS_FILE = "faults.json"
-AGENTS_FILE = "agents.json"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object file, or {} if it is missing; InputError if it is unreadable."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"cannot read {path}: not a JSON object")
-    return data
+FAULTS_FILE = RunDir.FAULTS
+AGENTS_FILE = RunDir.AGENTS
 
 
 def dead_devices(rundir: Path) -> dict[str, float]:
-    """Devices marked dead in RUNDIR/faults.json: device id -> kill time (Unix s)."""
-    return dict(_read_json(Path(rundir) / FAULTS_FILE).get("dead", {}))
+    """Devices marked dead in RUNDIR/faults.json: device id -> kill time (Unix s).
+
+    Raises RecordError (an InputError naming the file and field) if the file is invalid.
+    """
+    faults = read_record(RunDir(rundir).faults, Faults)
+    return dict(faults.dead) if faults else {}
 
 
 def _checked_device(rundir: Path, device_id: str) -> TestbedInfo:
@@ -97,14 +82,13 @@ def _checked_device(rundir: Path, device_id: str) -> TestbedInfo:
 
 def record_agents(rundir: Path, mode: str, agents: dict[str, RoleProcess]) -> None:
     """Write RUNDIR/agents.json: the running replay's agent processes, by device id."""
-    _write_json(Path(rundir) / AGENTS_FILE,
-                {"mode": mode, "agents": {d: asdict(p) for d, p in agents.items()}})
+    write_record(RunDir(rundir).agents, AgentProcesses(mode=mode, agents=dict(agents)))
 
 
 def running_agents(rundir: Path) -> dict[str, RoleProcess]:
     """The agents recorded in RUNDIR/agents.json that are still running, by device id."""
-    agents = _read_json(Path(rundir) / AGENTS_FILE).get("agents", {})
-    procs = {d: RoleProcess(**p) for d, p in agents.items()}
+    record = read_record(RunDir(rundir).agents, AgentProcesses)
+    procs = record.agents if record else {}
     return {d: p for d, p in procs.items() if is_alive(p)}
 
 
@@ -120,7 +104,7 @@ def kill_device(rundir: Path, device_id: str) -> int | None:
     dead.setdefault(device_id, time.time())
     # faults.json first, agents.json second: a replay writes agents.json and then re-reads
     # faults.json, so an agent started concurrently is killed by one side or the other
-    _write_json(rundir / FAULTS_FILE, {"dead": dead})
+    write_record(RunDir(rundir).faults, Faults(dead=dead))
     agent = running_agents(rundir).get(device_id)
     if agent is None:
         log.info("%s marked dead (no agent running)", device_id)
@@ -140,7 +124,7 @@ def restore_device(rundir: Path, device_id: str) -> bool:
     _checked_device(rundir, device_id)
     dead = dead_devices(rundir)
     was_dead = dead.pop(device_id, None) is not None
-    _write_json(rundir / FAULTS_FILE, {"dead": dead})
+    write_record(RunDir(rundir).faults, Faults(dead=dead))
     log.info("%s restored%s", device_id, "" if was_dead else " (it was not dead)")
     return was_dead
 
@@ -174,9 +158,7 @@ def degrade_link(rundir: Path, device_id: str, *, loss: float | None = None,
     device["link"] = name
     text = yaml.safe_dump(data, sort_keys=False)
     parse_topology(text, str(path))  # validate before the proxies see it
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
     log.info("%s now on link %s: %s", device_id, name, link)
     return path
 
@@ -185,7 +167,7 @@ def restart_broker(rundir: Path, hard: bool = False, timeout_s: float = 15.0) ->
     """Stop the testbed's broker (SIGTERM, or SIGKILL if ``hard``) and start it again.
 
     Returns the new PID; RUNDIR/testbed.json is updated. Raises InputError if there is no
-    running broker or the new one does not listen within ``timeout_s`` seconds.
+    running broker, RunError if the new one does not listen within ``timeout_s`` seconds.
     """
     rundir = Path(rundir)
     info = load_info(rundir)
@@ -201,8 +183,8 @@ def restart_broker(rundir: Path, hard: bool = False, timeout_s: float = 15.0) ->
         time.sleep(0.02)
     with open(old.log, "ab") as handle:
         handle.write(f"--- restart ({'SIGKILL' if hard else 'SIGTERM'}) ---\n".encode())
-    _, new = spawn_role("broker", [mosquitto, "-c", str(rundir / "mosquitto.conf")],
-                    rundir / "logs")
+    files = RunDir(rundir)
+    _, new = spawn_role("broker", [mosquitto, "-c", str(files.broker_conf)], files.logs)
     info = replace(info, processes=tuple(new if p.role == "broker" else p
                                          for p in info.processes))
     write_info(info)
@@ -212,7 +194,7 @@ def restart_broker(rundir: Path, hard: bool = False, timeout_s: float = 15.0) ->
                 break
         except OSError:
             if time.monotonic() > deadline + timeout_s or not is_alive(new):
-                raise InputError(f"restarted broker not listening on {info.broker_port}; see "
+                raise RunError(f"restarted broker not listening on {info.broker_port}; see "
                                  f"{new.log}") from None
             time.sleep(0.05)
     log.info("broker restarted (%s): pid %d", "hard" if hard else "soft", new.pid)

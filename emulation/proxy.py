@@ -10,7 +10,8 @@ on it books, which needs no locks or IPC when they share a loop. Per device:
   the broker when it arrives. Bytes are never dropped or reordered: loss is extra delay.
 - broker -> device (CONNACK, PUBACK, ...): `LinkShaper.downlink`, on the same link.
 - every ``status_every_s`` (1 s) RUNDIR/proxy-<device>.json is replaced atomically: ports,
-  link, counters, tx/rx seconds, energy by radio state, the last reload and its error.
+  link, counters, tx/rx seconds, energy by radio state, the last reload and its error (an
+  :class:`epic.rundir.ProxyStatus`).
 - hot reload: the topology file is polled (mtime and size, every ``poll_s``); a changed,
   valid file re-links the devices whose link or radio changed, from their next packet on;
   an invalid one keeps the running topology, logs why and puts it in the status files.
@@ -38,19 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emulation.network import Medium
-from emulation.shaper import LinkShaper, MqttFramer, PacketType, packet_type, write_json_atomic
+from emulation.shaper import LinkShaper, MqttFramer, PacketType, packet_type
+from epic.errors import InputError
+from epic.rundir import Endpoint, ProxyStatus, RadioEnergy, ReloadState, RunDir, write_record
 from epic.topology import Topology, load_topology, reload_topology
 
-__all__ = ["LinkProxy", "ProxySettings", "main", "status_path"]
+__all__ = ["LinkProxy", "ProxySettings", "main"]
 
 log = logging.getLogger(__name__)
 _READ_BYTES = 1 << 16
-
-
-def status_path(rundir: Path, device_id: str) -> Path:
-    """Where the proxy of ``device_id`` writes its status: RUNDIR/proxy-<device>.json."""
-    return Path(rundir) / f"proxy-{device_id}.json"
-
 
 @dataclass(frozen=True)
 class ProxySettings:
@@ -87,7 +84,7 @@ class LinkProxy:
         known = {d.id for d in self.topology.devices}
         unknown = sorted(set(settings.ports) - known)
         if unknown:
-            raise ValueError(f"devices {unknown} are not in {settings.topology_path} "
+            raise InputError(f"devices {unknown} are not in {settings.topology_path} "
                              f"(known: {sorted(known)})")
         self._loop_start_s = time.monotonic()
         self._media: dict[str, Medium] = {}
@@ -152,29 +149,28 @@ class LinkProxy:
         return True
 
     # -- status -----------------------------------------------------------------------------
-    def status(self, device_id: str, state: str = "running") -> dict:
-        """The JSON-ready status of one device's proxy."""
+    def status(self, device_id: str, state: str = "running") -> ProxyStatus:
+        """The status of one device's proxy (RUNDIR/proxy-<device>.json)."""
         shaper, now_s = self.shapers[device_id], self._now()
         device = next(d for d in self.topology.devices if d.id == device_id)
-        return {
-            "device": device_id, "state": state, "pid": os.getpid(),
-            "listen": {"host": self.settings.listen_host,
-                       "port": self.settings.ports[device_id]},
-            "broker": {"host": self.settings.broker_host, "port": self.settings.broker_port},
-            "topology": str(self.settings.topology_path), "link": device.link,
-            "link_spec": shaper.link.model_dump(), "connections_open": self._open,
-            "started_unix_s": self._started_unix_s, "updated_unix_s": time.time(),
-            "uptime_s": now_s,
-            "reload": {"count": self.reloads, "last_unix_s": self.reloaded_unix_s,
-                       "error": self.reload_error},
-            **shaper.status(now_s),
-        }
+        link = shaper.status(now_s)  # counters, tx_s, rx_s, energy_j
+        return ProxyStatus(
+            device=device_id, state=state, pid=os.getpid(),
+            listen=Endpoint(host=self.settings.listen_host,
+                            port=self.settings.ports[device_id]),
+            broker=Endpoint(host=self.settings.broker_host, port=self.settings.broker_port),
+            topology=str(self.settings.topology_path), link=device.link,
+            link_spec=shaper.link.model_dump(), connections_open=self._open,
+            started_unix_s=self._started_unix_s, updated_unix_s=time.time(), uptime_s=now_s,
+            reload=ReloadState(count=self.reloads, last_unix_s=self.reloaded_unix_s,
+                               error=self.reload_error),
+            **{**link, "energy_j": RadioEnergy(**link["energy_j"])})
 
     def write_status(self, state: str = "running") -> None:
         """Replace every RUNDIR/proxy-<device>.json (atomically)."""
+        files = RunDir(self.settings.rundir)
         for device_id in self.shapers:
-            write_json_atomic(status_path(self.settings.rundir, device_id),
-                              self.status(device_id, state))
+            write_record(files.proxy_status(device_id), self.status(device_id, state))
 
     # -- the connections --------------------------------------------------------------------
     async def _sleep_until(self, t_s: float) -> None:
@@ -349,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = ProxySettings(args.topology, args.rundir, args.broker_host or topology.broker.host,
                              args.broker_port or topology.broker.port, ports, args.listen_host,
                              args.seed, args.poll_s)
-    asyncio.run(_run(settings))
+    try:
+        asyncio.run(_run(settings))
+    except InputError as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 

@@ -29,9 +29,9 @@ It returns (and writes to ``json_out`` and RUNDIR/replay.json) per mode:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,7 +42,17 @@ from emulation.faults import dead_devices
 from emulation.simulate import simulate, wire_frame_sizes
 from emulation.testbed import REPO, is_alive, load_info
 from epic.data.openfwi import OpenFWIDataset
-from epic.errors import InputError
+from epic.errors import InputError, RunError
+from epic.rundir import (
+    DroppedGather,
+    ProxyStatus,
+    Result,
+    RunDir,
+    append_record,
+    read_record,
+    read_records,
+    write_json,
+)
 from epic.topology import load_topology
 
 __all__ = ["DEFAULT_ENCODERS", "REPLAY_FILE", "STAGES", "fidelity_cost", "replay",
@@ -51,8 +61,8 @@ __all__ = ["DEFAULT_ENCODERS", "REPLAY_FILE", "STAGES", "fidelity_cost", "replay
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODERS = REPO / "artifacts" / "encoders" / "epic-flatvel-a" / "manifest.json"
-REPLAY_FILE = "replay.json"
-HISTORY_FILE = "replay-history.jsonl"  # one line per replayed mode, kept across testbed ups
+REPLAY_FILE = RunDir.REPLAY
+HISTORY_FILE = RunDir.REPLAY_HISTORY  # one line per replayed mode, kept across testbed ups
 STAGES: tuple[str, ...] = ("encode", "link_broker", "assembly", "decode")
 _CENTRAL_MODE = {"epic": "latent", "raw": "raw"}
 _STATUS_PERIOD_S = 1.0  # the proxies rewrite their status files this often
@@ -66,52 +76,40 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
             "mean": float(np.mean(values))}
 
 
-def _jsonl(path: Path) -> list[dict]:
-    """The complete lines of a JSON-lines file central appends to (a line being written is
-    skipped until it is whole)."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # cut short: central is still writing it
-            continue
-    return out
+def _results(rundir: Path) -> list[Result]:
+    """Central's decoded gathers so far (a line being written is held back until whole)."""
+    return read_records(RunDir(rundir).results, Result)
 
 
-def _results(rundir: Path) -> list[dict]:
-    return _jsonl(rundir / "results.jsonl")
+def _dropped(rundir: Path) -> list[DroppedGather]:
+    """Central's dropped gathers (no device complete at the deadline)."""
+    return read_records(RunDir(rundir).dropped, DroppedGather)
 
 
-def _dropped(rundir: Path) -> list[dict]:
-    """Central's dropped gathers (no device complete at the deadline), one dict each."""
-    return _jsonl(rundir / "dropped.jsonl")
-
-
-def _proxy_snapshot(rundir: Path, devices: tuple[str, ...]) -> dict[str, dict]:
-    return {d: json.loads((rundir / f"proxy-{d}.json").read_text()) for d in devices}
+def _proxy_snapshot(rundir: Path, devices: tuple[str, ...]) -> dict[str, ProxyStatus | None]:
+    files = RunDir(rundir)
+    return {d: read_record(files.proxy_status(d), ProxyStatus) for d in devices}
 
 
 def _fresh_snapshot(rundir: Path, devices: tuple[str, ...], after_unix_s: float,
-                    timeout_s: float = 10.0) -> dict[str, dict]:
+                    timeout_s: float = 10.0) -> dict[str, ProxyStatus]:
     """Proxy status files all written after ``after_unix_s`` (they refresh every second)."""
     deadline = time.monotonic() + timeout_s
     while True:
         snap = _proxy_snapshot(rundir, devices)
-        if all(s["updated_unix_s"] > after_unix_s for s in snap.values()):
+        if all(s is not None and s.updated_unix_s > after_unix_s for s in snap.values()):
             return snap
         if time.monotonic() > deadline:
-            raise InputError(f"link proxy status files in {rundir} are not being updated")
+            raise RunError(f"link proxy status files in {rundir} are not being updated")
         time.sleep(0.2)
 
 
-def _is_partial(record: dict) -> bool:
+def _is_partial(record: Result) -> bool:
     """Whether central decoded this gather without some device (absent or incomplete)."""
-    return bool(record["absent"] or record["incomplete"])
+    return record.missing_any
 
 
-def fidelity_cost(records: list[dict], earlier: list[dict],
+def fidelity_cost(records: list[Result], earlier: list[Result],
                   paired: dict[int, dict] | None = None) -> dict | None:
     """Mean fidelity of partial decodes against full ones; None if no partial has metrics.
 
@@ -126,25 +124,25 @@ def fidelity_cost(records: list[dict], earlier: list[dict],
     None, "delta": partial - full per metric or None}`` (MAE/RMSE on the normalised [-1, 1]
     scale, SSIM in [0, 1]).
     """
-    def mean(rs: list[dict]) -> dict:
-        keys = rs[0]["metrics"]
-        return {"n": len(rs), "gathers": sorted(r["gather"] for r in rs),
-                **{k: float(np.mean([r["metrics"][k] for r in rs])) for k in keys}}
+    def mean(rs: list[tuple[int, dict]]) -> dict:
+        keys = rs[0][1]
+        return {"n": len(rs), "gathers": sorted(g for g, _ in rs),
+                **{k: float(np.mean([m[k] for _, m in rs])) for k in keys}}
 
-    partial = [r for r in records if _is_partial(r) and r.get("metrics")]
+    def full_of(rs: list[Result]) -> list[tuple[int, dict]]:
+        return [(r.gather, r.metrics) for r in rs if not _is_partial(r) and r.metrics]
+
+    partial = [(r.gather, r.metrics) for r in records if _is_partial(r) and r.metrics]
     if not partial:
         return None
-    same = [{"gather": r["gather"], "metrics": paired[r["gather"]]} for r in partial
-            if r["gather"] in (paired or {})]
+    same = [(g, paired[g]) for g, _ in partial if g in (paired or {})]
     if same:
-        partial = [r for r in partial if r["gather"] in paired]
+        partial = [(g, m) for g, m in partial if g in paired]
         baseline, full = "same gathers, earlier replay", same
     else:
-        baseline, full = "this replay", [r for r in records
-                                         if not _is_partial(r) and r.get("metrics")]
+        baseline, full = "this replay", full_of(records)
     if not full:
-        baseline, full = "earlier on this testbed", [r for r in earlier
-                                                     if not _is_partial(r) and r.get("metrics")]
+        baseline, full = "earlier on this testbed", full_of(earlier)
     out = {"partial": mean(partial), "full": mean(full) if full else None,
            "baseline": baseline if full else None, "delta": None}
     if full:
@@ -153,73 +151,81 @@ def fidelity_cost(records: list[dict], earlier: list[dict],
     return out
 
 
-def summarize_mode(mode: str, records: list[dict], before: dict[str, dict],
-                   after: dict[str, dict]) -> dict:
-    """One mode's measurements from its results.jsonl records and proxy status snapshots."""
+def summarize_mode(mode: str, records: list[Result],
+                   before: Mapping[str, ProxyStatus | None],
+                   after: Mapping[str, ProxyStatus | None]) -> dict:
+    """One mode's measurements from its results.jsonl records and proxy status snapshots.
+
+    ``before``/``after``: each device's proxy status at the start and end of the mode; None
+    means zero (a proxy that started with the run, or wrote no status).
+    """
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     capture, publish = [], []
     for rec in records:
-        for stamps in rec["devices"].values():
-            s = {k: v / 1e9 for k, v in stamps.items() if k.endswith("_ns")}
-            end_s, start_s = rec["decode_end_ns"] / 1e9, rec["decode_start_ns"] / 1e9
-            capture.append(end_s - s["capture_ns"])
-            publish.append(end_s - s["encode_end_ns"])
-            stages["encode"].append(s["encode_end_ns"] - s["capture_ns"])
-            stages["link_broker"].append(s["receive_ns"] - s["encode_end_ns"])
-            stages["assembly"].append(start_s - s["receive_ns"])
+        end_s, start_s = rec.decode_end_ns / 1e9, rec.decode_start_ns / 1e9
+        for receipt in rec.devices.values():
+            capture_s, encode_end_s = receipt.capture_ns / 1e9, receipt.encode_end_ns / 1e9
+            receive_s = receipt.receive_ns / 1e9
+            capture.append(end_s - capture_s)
+            publish.append(end_s - encode_end_s)
+            stages["encode"].append(encode_end_s - capture_s)
+            stages["link_broker"].append(receive_s - encode_end_s)
+            stages["assembly"].append(start_s - receive_s)
             stages["decode"].append(end_s - start_s)
     energy = {}
     for device, now in after.items():
         old = before[device]
-        energy[device] = {k: now["energy_j"][k] - old["energy_j"][k] for k in now["energy_j"]}
-        energy[device]["up_wire_bytes"] = now["up_wire_bytes"] - old["up_wire_bytes"]
-        energy[device]["resent_rounds"] = now["resent_rounds"] - old["resent_rounds"]
-    metrics = [r["metrics"] for r in records if r.get("metrics")]
+        energy[device] = now.energy_j.minus(old and old.energy_j) if now else {}
+        energy[device]["up_wire_bytes"] = ((now.up_wire_bytes if now else 0)
+                                           - (old.up_wire_bytes if old else 0))
+        energy[device]["resent_rounds"] = ((now.resent_rounds if now else 0)
+                                           - (old.resent_rounds if old else 0))
+    metrics = [r.metrics for r in records if r.metrics]
     fidelity = ({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
                 if metrics else None)
     n = max(len(records), 1)
-    first = sorted(next(iter(r["devices"].values()))["capture_ns"] for r in records)
+    first = sorted(next(iter(r.devices.values())).capture_ns for r in records)
     partial_sets: dict[tuple[str, ...], dict] = {}
-    for rec in sorted(filter(_is_partial, records), key=lambda r: r["gather"]):
-        group = partial_sets.setdefault(tuple(rec["present"]), {
-            "present": rec["present"], "absent": sorted({*rec["absent"], *rec["incomplete"]}),
+    for rec in sorted(filter(_is_partial, records), key=lambda r: r.gather):
+        group = partial_sets.setdefault(rec.present, {
+            "present": list(rec.present), "absent": sorted({*rec.absent, *rec.incomplete}),
             "gathers": []})
-        group["gathers"].append(rec["gather"])
+        group["gathers"].append(rec.gather)
     return {
         "capture_interval_s": float(np.median(np.diff(first))) / 1e9 if len(first) > 1
         else None,
         "mode": mode, "gathers": len(records),
         "partial": sum(map(_is_partial, records)),
         "partial_sets": list(partial_sets.values()),
-        "maps": sum(1 for r in records if r.get("map")),
+        "maps": sum(1 for r in records if r.map),
         "capture_to_decode_s": _percentiles(capture),
         "publish_to_decode_s": _percentiles(publish),
         "stages_s": {k: _percentiles(v) for k, v in stages.items()},
-        "bytes_per_gather": sum(r["wire_bytes"] for r in records) / n,
+        "bytes_per_gather": sum(r.wire_bytes for r in records) / n,
         "link_bytes_per_gather": sum(e["up_wire_bytes"] for e in energy.values()) / n,
         "energy_j": energy,
-        "comm_j": float(sum(e["comm"] for e in energy.values())),
+        "comm_j": float(sum(e.get("comm", 0.0) for e in energy.values())),
         "fidelity": fidelity,
     }
 
 
 def _wait_decoded(rundir: Path, mode: str, gather_ids: set[int], skip: int, skip_dropped: int,
-                  timeout_s: float) -> tuple[list[dict], list[dict]]:
+                  timeout_s: float) -> tuple[list[Result], list[DroppedGather]]:
     """Central's records of ``gather_ids`` in ``mode``: (decoded, dropped), once every gather
-    is one or the other. Raises InputError after ``timeout_s`` naming the gathers missing."""
+    is one or the other. Raises RunError after ``timeout_s`` naming the gathers missing."""
     want = _CENTRAL_MODE[mode]
     deadline = time.monotonic() + timeout_s
     while True:
         records = [r for r in _results(rundir)[skip:]
-                   if r["mode"] == want and r["gather"] in gather_ids]
+                   if r.mode == want and r.gather in gather_ids]
         dropped = [r for r in _dropped(rundir)[skip_dropped:]
-                   if r["mode"] == want and r["gather"] in gather_ids]
-        if {r["gather"] for r in (*records, *dropped)} >= gather_ids:
+                   if r.mode == want and r.gather in gather_ids]
+        if {r.gather for r in (*records, *dropped)} >= gather_ids:
             return records, dropped
         if time.monotonic() > deadline:
-            missing = sorted(gather_ids - {r["gather"] for r in (*records, *dropped)})
-            raise InputError(f"central decoded no {mode} result for gathers {missing} within "
-                             f"{timeout_s:.0f} s (see {rundir}/logs/central.log)")
+            missing = sorted(gather_ids - {r.gather for r in (*records, *dropped)})
+            raise RunError(f"central decoded no {mode} result for gathers {missing} within "
+                           f"{timeout_s:.0f} s (see {RunDir(rundir).log('central')})")
         time.sleep(0.05)
 
 
@@ -232,9 +238,10 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
     the encoder and connect in that time). Dead devices (kill-device) are not started; their
     gathers are decoded partially by central at its deadline.
 
-    Raises InputError for a bad argument, a stopped testbed, gathers this testbed already
+    Raises InputError for a bad argument, a stopped testbed, or gathers this testbed already
     decoded or dropped (central refuses them as late: use another ``start`` or restart the
-    testbed), a failing agent, or results that do not come within ``timeout_s`` (seconds, per mode).
+    testbed); RunError for a failing agent, or results that do not come within ``timeout_s``
+    (seconds, per mode).
     """
     rundir = Path(rundir).resolve()
     if mode not in ("epic", "raw", "both"):
@@ -253,7 +260,7 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         raise InputError(f"{data} holds {available} gathers, asked for {start}..{start + shots}")
     modes = ("epic", "raw") if mode == "both" else (mode,)
     gather_ids = set(range(start, start + shots))
-    done = {(r["mode"], r["gather"]) for r in (*_results(rundir), *_dropped(rundir))}
+    done = {(r.mode, r.gather) for r in (*_results(rundir), *_dropped(rundir))}
     seen = sorted({g for m in modes for g in gather_ids if (_CENTRAL_MODE[m], g) in done})
     if seen:
         raise InputError(f"this testbed already decoded gathers {seen}; replay others "
@@ -269,12 +276,12 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         wall_s = time.time() - started  # not counting the wait for fresh proxy status files
         after = _fresh_snapshot(rundir, info.devices, time.time() + 0.05)
         summaries[m] = summarize_mode(m, records, before, after)
-        summaries[m]["dropped"] = [{"gather": r["gather"], "reason": r["reason"],
-                                    "incomplete": r["incomplete"]}
-                                   for r in sorted(dropped, key=lambda r: r["gather"])]
+        summaries[m]["dropped"] = [{"gather": r.gather, "reason": r.reason,
+                                    "incomplete": list(r.incomplete)}
+                                   for r in sorted(dropped, key=lambda r: r.gather)]
         summaries[m]["wall_s"] = wall_s
         summaries[m]["agents"] = asdict(agents)
-        earlier = [r for r in _results(rundir)[:skip] if r["mode"] == _CENTRAL_MODE[m]]
+        earlier = [r for r in _results(rundir)[:skip] if r.mode == _CENTRAL_MODE[m]]
         key = {"data": str(Path(data).resolve()), "truth": info.truth, "mode": m}
         summaries[m]["fidelity_cost"] = fidelity_cost(records, earlier,
                                                       _paired_full(rundir, key))
@@ -287,35 +294,28 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
               "raw_decoded": info.raw_checkpoint is not None, "truth": info.truth,
               "ratios": _ratios(summaries),
               "prediction": _predict(info.topology, modes, shots, summaries, seed)}
-    text = json.dumps(result, indent=2) + "\n"
-    (rundir / REPLAY_FILE).write_text(text)
+    write_json(RunDir(rundir).replay, result)
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(text)
+        write_json(Path(json_out), result)
     return result
 
 
-def _append_history(rundir: Path, key: dict, records: list[dict]) -> None:
+def _append_history(rundir: Path, key: dict, records: list[Result]) -> None:
     """One line in RUNDIR/replay-history.jsonl: this mode's gathers, partial or not, metrics."""
     line = {**key, "unix_s": time.time(), "gathers": {
-        str(r["gather"]): {"partial": _is_partial(r), "present": r["present"],
-                           "metrics": r.get("metrics")} for r in records}}
-    with open(rundir / HISTORY_FILE, "a") as handle:
-        handle.write(json.dumps(line) + "\n")
+        str(r.gather): {"partial": _is_partial(r), "present": list(r.present),
+                        "metrics": r.metrics} for r in records}}
+    append_record(RunDir(rundir).replay_history, line)
 
 
 def _paired_full(rundir: Path, key: dict) -> dict[int, dict]:
     """gather -> metrics of the latest earlier full decode with the same data, truth, mode."""
-    path = rundir / HISTORY_FILE
     out: dict[int, dict] = {}
-    if key["truth"] is None or not path.is_file():
+    if key["truth"] is None:
         return out
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:  # a line cut short by a crash: skip it
-            continue
-        if all(entry.get(k) == v for k, v in key.items()):
+    for entry in read_records(RunDir(rundir).replay_history):  # crash-cut lines are skipped
+        if isinstance(entry, dict) and all(entry.get(k) == v for k, v in key.items()):
             out.update({int(g): r["metrics"] for g, r in entry["gathers"].items()
                         if not r["partial"] and r["metrics"]})
     return out

@@ -14,12 +14,8 @@ in virtual time and compare with `NetworkModel`.
 from __future__ import annotations
 
 import enum
-import json
-import os
-import tempfile
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from emulation.energy import DeviceEnergy, device_energy, radio_energy
 from emulation.network import LinkSender, Medium, plan_frame, segment
@@ -33,7 +29,6 @@ __all__ = [
     "PacketType",
     "ShaperCounters",
     "packet_type",
-    "write_json_atomic",
 ]
 
 #: The largest MQTT "remaining length" (four variable-length bytes), bytes.
@@ -254,17 +249,3 @@ class LinkShaper:
             "energy_j": {"tx": e.tx_j, "rx": e.rx_j, "idle": e.idle_j, "sleep": e.sleep_j,
                          "comm": e.comm_j, "radio": e.radio_j},
         }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (a temporary file, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -29,7 +29,6 @@ and is always safe to run (no testbed.json, or dead PIDs, is not an error).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -38,11 +37,21 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from epic.broker import REPO, free_port, prepare_runtime
-from epic.errors import InputError
+from epic.errors import InputError, RunError
+from epic.rundir import (
+    CentralStatus,
+    ProxyStatus,
+    RecordError,
+    RoleProcess,
+    RunDir,
+    TestbedInfo,
+    read_record,
+    write_record,
+)
 from epic.topology import Topology, check_model_slots, load_topology
 
 __all__ = [
@@ -51,9 +60,11 @@ __all__ = [
     "TESTBED_FILE",
     "RoleProcess",
     "TestbedInfo",
+    "central_summary",
     "check_models",
     "down",
     "is_alive",
+    "link_summary",
     "load_info",
     "prepare_compose_runtime",
     "spawn_role",
@@ -66,48 +77,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = REPO / "artifacts" / "epic-flatvel-a.pt"
-TESTBED_FILE = "testbed.json"
+TESTBED_FILE = RunDir.TESTBED
 ROLES: tuple[str, ...] = ("broker", "proxies", "central")
-
-
-@dataclass(frozen=True)
-class RoleProcess:
-    """One started process: its role, PID, kernel start time (clock ticks) and log file."""
-
-    role: str
-    pid: int
-    start_ticks: int
-    log: str
-
-
-@dataclass(frozen=True)
-class TestbedInfo:
-    """What ``up`` started (the content of RUNDIR/testbed.json).
-
-    Attributes:
-        rundir, topology: absolute paths. testbed: its name.
-        broker_host, broker_port: the real broker. proxy_base_port: device k's proxy is on
-            ``proxy_base_port + k``. devices: device ids in topology order.
-        checkpoint, raw_checkpoint, truth: what central was started with (None: absent).
-        processes: the started roles. started_unix_s: when ``up`` finished.
-    """
-
-    rundir: str
-    topology: str
-    testbed: str
-    broker_host: str
-    broker_port: int
-    proxy_base_port: int
-    devices: tuple[str, ...]
-    checkpoint: str
-    raw_checkpoint: str | None
-    truth: str | None
-    processes: tuple[RoleProcess, ...]
-    started_unix_s: float
-
-    def proxy_port(self, device_id: str) -> int:
-        """The listening port of ``device_id``'s link proxy."""
-        return self.proxy_base_port + self.devices.index(device_id)
 
 
 def start_ticks(pid: int) -> int | None:
@@ -130,17 +101,9 @@ def is_alive(proc: RoleProcess) -> bool:
 
 
 def load_info(rundir: Path) -> TestbedInfo | None:
-    """RUNDIR/testbed.json, or None if there is none; InputError if it is unreadable."""
-    path = Path(rundir) / TESTBED_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        data["processes"] = tuple(RoleProcess(**p) for p in data["processes"])
-        data["devices"] = tuple(data["devices"])
-        return TestbedInfo(**data)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
+    """RUNDIR/testbed.json, or None if there is none; RecordError (an InputError naming the
+    file and field) if it is unreadable."""
+    return read_record(RunDir(rundir).testbed, TestbedInfo)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -184,10 +147,21 @@ def _tail(path: str, lines: int = 8) -> str:
         return "(no log)"
 
 
-def _read_json(path: Path) -> dict | None:
+def _central_status(files: RunDir) -> CentralStatus | None:
+    """Central's status, or None while it has written none (or none readable)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_record(files.central_status, CentralStatus)
+    except RecordError as exc:
+        log.warning("%s", exc)
+        return None
+
+
+def _proxy_status(files: RunDir, device_id: str) -> ProxyStatus | None:
+    """A link proxy's status, or None while it has written none (or none readable)."""
+    try:
+        return read_record(files.proxy_status(device_id), ProxyStatus)
+    except RecordError as exc:
+        log.warning("%s", exc)
         return None
 
 
@@ -210,7 +184,7 @@ def up(topology_path: Path, rundir: Path, *, checkpoint: Path = DEFAULT_CHECKPOI
     Raises InputError (nothing left running) if a testbed already runs in ``rundir``, the port
     is taken, mosquitto or an input file is missing, a checkpoint is unreadable, a device's
     receivers are not one of the latent model's slots (`check_models`; these are checked
-    before anything is written or started), or a role fails to become healthy. A failed
+    before anything is written or started); RunError if a role fails to become healthy. A failed
     ``up`` stops what it started and removes what it wrote: a run dir it created is removed,
     and in an existing one only what it added (and its testbed.json) goes.
     """
@@ -258,19 +232,15 @@ def _start(topology_path: Path, topology: Topology, rundir: Path, checkpoint: Pa
     devices = tuple(d.id for d in topology.devices)
     runtime = prepare_runtime(rundir, testbed=topology.testbed, host=host, port=port,
                               device_ids=[d.number for d in topology.devices])
-    logs = rundir / "logs"
+    files = RunDir(rundir)
+    logs = files.logs
     logs.mkdir(exist_ok=True)
-    for stale in [rundir / "central-status.json", *rundir.glob("proxy-*.json"),
-                  rundir / "faults.json", rundir / "agents.json"]:  # a new testbed: no faults
+    for stale in [*files.status_files(), files.faults, files.agents]:  # new testbed: no faults
         stale.unlink(missing_ok=True)
-    for name in ("results", "dropped"):  # a new central: keep the old records aside
-        if (rundir / f"{name}.jsonl").is_file():
-            kept_results.append((rundir / f"{name}.jsonl",
-                                 rundir / f"{name}-{int(time.time())}.jsonl"))
-            os.replace(*kept_results[-1])
-    if topology_path != rundir / "topology.yaml":  # the roles watch a copy: faults edit it
-        shutil.copyfile(topology_path, rundir / "topology.yaml")
-        topology_path = rundir / "topology.yaml"
+    kept_results.extend(files.rotate())  # a new central: keep the old records aside
+    if topology_path != files.topology:  # the roles watch a copy: faults edit it
+        shutil.copyfile(topology_path, files.topology)
+        topology_path = files.topology
     proxy_base = _free_block(host, len(devices))
     py = sys.executable
     central_args = [py, "-m", "central.service", "--topology", str(topology_path),
@@ -286,21 +256,22 @@ def _start(topology_path: Path, topology: Topology, rundir: Path, checkpoint: Pa
                     "--listen-host", host, "--listen-port", str(proxy_base)],
         "central": central_args,
     }
-    info = TestbedInfo(str(rundir), str(topology_path), topology.testbed, host, port,
-                       proxy_base, devices, str(Path(checkpoint).resolve()),
-                       str(Path(raw_checkpoint).resolve()) if raw_checkpoint else None,
-                       str(Path(truth).resolve()) if truth else None, (), time.time())
+    info = TestbedInfo(
+        rundir=str(rundir), topology=str(topology_path), testbed=topology.testbed,
+        broker_host=host, broker_port=port, proxy_base_port=proxy_base, devices=devices,
+        checkpoint=str(Path(checkpoint).resolve()),
+        raw_checkpoint=str(Path(raw_checkpoint).resolve()) if raw_checkpoint else None,
+        truth=str(Path(truth).resolve()) if truth else None,
+        processes=(), started_unix_s=time.time())
     for role in ROLES:
         started.append(spawn_role(role, commands[role], logs))
-        info = TestbedInfo(**{**asdict(info), "devices": devices,
-                              "processes": tuple(p for _, p in started)})
+        info = replace(info, processes=tuple(p for _, p in started))
         write_info(info)  # written at once, so `down` can stop a half-started testbed
         if role == "broker":
             _wait(lambda: _accepts(host, port), started, timeout_s, "broker accepting")
     _wait(lambda: _healthy(rundir, devices), started, timeout_s,
           "central connected and proxy status files")
-    info = TestbedInfo(**{**asdict(info), "devices": devices, "started_unix_s": time.time(),
-                          "processes": tuple(p for _, p in started)})
+    info = replace(info, started_unix_s=time.time(), processes=tuple(p for _, p in started))
     write_info(info)
     log.info("testbed %s up in %s: broker :%d, proxies :%d..", info.testbed, rundir, port,
              proxy_base)
@@ -343,9 +314,9 @@ def _remove_partial(rundir: Path, created: bool, before: set[str],
     for original, kept in kept_results:
         if kept.is_file():
             os.replace(kept, original)
-    ours = {TESTBED_FILE, f".{TESTBED_FILE}.tmp", "central-status.json"}
+    ours = {RunDir.TESTBED, RunDir.CENTRAL_STATUS}
     for entry in rundir.iterdir():
-        status = entry.name.startswith("proxy-") and entry.suffix == ".json"
+        status = entry.match(RunDir.PROXY_GLOB) or entry.name.startswith(f".{RunDir.TESTBED}.")
         if entry == keep or (entry.name in before and entry.name not in ours and not status):
             continue
         if entry.is_dir() and not entry.is_symlink():
@@ -357,10 +328,7 @@ def _remove_partial(rundir: Path, created: bool, before: set[str],
 
 def write_info(info: TestbedInfo) -> None:
     """Replace RUNDIR/testbed.json atomically."""
-    path = Path(info.rundir) / TESTBED_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_record(RunDir(info.rundir).testbed, info)
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -372,9 +340,10 @@ def _accepts(host: str, port: int) -> bool:
 
 
 def _healthy(rundir: Path, devices: tuple[str, ...]) -> bool:
-    central = _read_json(rundir / "central-status.json")
-    return bool(central and central.get("connected")) and all(
-        (rundir / f"proxy-{d}.json").is_file() for d in devices)
+    files = RunDir(rundir)
+    central = _central_status(files)
+    return central is not None and central.connected and all(
+        files.proxy_status(d).is_file() for d in devices)
 
 
 def _wait(ready, started: list[tuple[subprocess.Popen, RoleProcess]], timeout_s: float,
@@ -383,11 +352,11 @@ def _wait(ready, started: list[tuple[subprocess.Popen, RoleProcess]], timeout_s:
     while not ready():
         for proc, role in started:
             if proc.poll() is not None:
-                raise InputError(f"{role.role} exited with {proc.returncode} while waiting "
+                raise RunError(f"{role.role} exited with {proc.returncode} while waiting "
                                  f"for {what}: {_tail(role.log)}")
         if time.monotonic() > deadline:  # the logs go with the failed run dir: quote them
             tails = "; ".join(f"{role.role}: {_tail(role.log, 2)}" for _, role in started)
-            raise InputError(f"testbed not healthy after {timeout_s:.0f} s (waiting for "
+            raise RunError(f"testbed not healthy after {timeout_s:.0f} s (waiting for "
                              f"{what}); last log lines: {tails}")
         time.sleep(0.2)
 
@@ -444,22 +413,36 @@ def status(rundir: Path) -> dict:
     info = load_info(rundir)
     if info is None:
         raise InputError(f"no testbed in {rundir} ({TESTBED_FILE} missing)")
-    central = _read_json(rundir / "central-status.json") or {}
-    links = {}
-    for device in info.devices:
-        proxy = _read_json(rundir / f"proxy-{device}.json") or {}
-        links[device] = {"port": info.proxy_port(device), "link": proxy.get("link"),
-                         "state": proxy.get("state"), "publishes": proxy.get("publishes"),
-                         "up_wire_bytes": proxy.get("up_wire_bytes"),
-                         "energy_j": proxy.get("energy_j", {})}
+    files = RunDir(rundir)
+    central = _central_status(files)
+    links = {device: link_summary(_proxy_status(files, device), info.proxy_port(device))
+             for device in info.devices}
     return {
         "testbed": info.testbed, "rundir": info.rundir, "topology": info.topology,
         "broker": f"{info.broker_host}:{info.broker_port}",
         "roles": {p.role: {"pid": p.pid, "alive": is_alive(p), "log": p.log}
                   for p in info.processes},
-        "links": links, "frames": central.get("frames"), "gathers": central.get("gathers"),
-        "central_connected": central.get("connected"),
+        "links": links, **central_summary(central),
     }
+
+
+def link_summary(proxy: ProxyStatus | None, port: int) -> dict:
+    """One device's line in ``status``: its proxy port, link, state, publishes, bytes, energy
+    (None and {} while the proxy has written no status)."""
+    if proxy is None:
+        return {"port": port, "link": None, "state": None, "publishes": None,
+                "up_wire_bytes": None, "energy_j": {}}
+    return {"port": port, "link": proxy.link, "state": proxy.state,
+            "publishes": proxy.publishes, "up_wire_bytes": proxy.up_wire_bytes,
+            "energy_j": proxy.energy_j.to_dict()}
+
+
+def central_summary(central: CentralStatus | None) -> dict:
+    """Central's part of ``status``: frames, gathers, connected (None without a status)."""
+    if central is None:
+        return {"frames": None, "gathers": None, "central_connected": None}
+    return {"frames": central.frames.to_dict(), "gathers": central.gathers.to_dict(),
+            "central_connected": central.connected}
 
 
 def prepare_compose_runtime(topology_path: Path, rundir: Path, port: int = 1883) -> Path:
@@ -474,6 +457,7 @@ def prepare_compose_runtime(topology_path: Path, rundir: Path, port: int = 1883)
     runtime = prepare_runtime(Path(rundir), testbed=topology.testbed, port=port, host="broker",
                               bind_address="0.0.0.0",
                               device_ids=[d.number for d in topology.devices])
-    if topology_path != runtime.rundir / "topology.yaml":
-        shutil.copyfile(topology_path, runtime.rundir / "topology.yaml")
+    files = RunDir(runtime.rundir)
+    if topology_path != files.topology:
+        shutil.copyfile(topology_path, files.topology)
     return runtime.rundir

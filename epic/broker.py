@@ -33,6 +33,7 @@ from string import Template
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from epic.errors import InputError
+from epic.rundir import RunDir
 from epic.wire import MAX_FRAME_BYTES, Channel, central_filter, device_name, validate_name
 
 __all__ = [
@@ -56,7 +57,7 @@ DEFAULT_CONF_TEMPLATE = REPO / "broker" / "mosquitto.conf"
 DEFAULT_ACL_TEMPLATE = REPO / "broker" / "acl.template"
 CENTRAL_USER = "central"
 OBSERVER_USER = "observer"  # read-only: results and status (broker/acl.template)
-CREDENTIALS_FILE = "credentials.json"
+CREDENTIALS_FILE = RunDir.CREDENTIALS
 _PACKET_OVERHEAD_BYTES = 4096  # fixed header, topic and v5 properties around a frame
 
 
@@ -85,7 +86,7 @@ class BrokerRuntime:
 
     @property
     def conf_path(self) -> Path:
-        return self.rundir / "mosquitto.conf"
+        return RunDir(self.rundir).broker_conf
 
     def password(self, username: str) -> str:
         """The password of ``username``; raise InputError if there is no such user."""
@@ -139,7 +140,7 @@ def _write_private(path: Path, text: str) -> None:
 def _make_tls(rundir: Path, host: str) -> tuple[Path, str]:
     """Self-signed CA + server certificate for ``host``; returns (ca_file, conf lines)."""
     openssl = _tool("openssl")
-    tls_dir = rundir / "tls"
+    tls_dir = rundir / RunDir.TLS
     tls_dir.mkdir(mode=0o700, exist_ok=True)
     ca_key, ca_crt = tls_dir / "ca.key", tls_dir / "ca.crt"
     key, csr, crt = tls_dir / "server.key", tls_dir / "server.csr", tls_dir / "server.crt"
@@ -185,11 +186,12 @@ def prepare_runtime(rundir: Path, *, testbed: str, device_ids: Sequence[int], po
     rundir = Path(rundir).resolve()
     rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(rundir, 0o700)
-    persistence = rundir / "persistence"
+    files = RunDir(rundir)
+    persistence = files.persistence
     persistence.mkdir(exist_ok=True)
     passwords = {name: secrets.token_urlsafe(24)
                  for name in [CENTRAL_USER, OBSERVER_USER, *names]}
-    passwd_file = rundir / "passwd"
+    passwd_file = files.passwd
     passwd_file.unlink(missing_ok=True)
     mosquitto_passwd = _tool("mosquitto_passwd")
     for index, (name, password) in enumerate(passwords.items()):
@@ -199,12 +201,12 @@ def prepare_runtime(rundir: Path, *, testbed: str, device_ids: Sequence[int], po
     os.chmod(passwd_file, 0o600)
     ca_file, tls_lines = _make_tls(rundir, host) if tls else (None, "")
     acl_text = Template(Path(acl_template).read_text()).substitute(testbed=testbed)
-    _write_private(rundir / "acl", acl_text)
+    _write_private(files.acl, acl_text)
     conf_text = Template(Path(conf_template).read_text()).substitute(
         port=port, bind_address=bind_address or host, persistence_dir=f"{persistence}/",
-        password_file=passwd_file, acl_file=rundir / "acl", user=user or getpass.getuser(),
+        password_file=passwd_file, acl_file=files.acl, user=user or getpass.getuser(),
         max_packet_bytes=MAX_FRAME_BYTES + _PACKET_OVERHEAD_BYTES, tls=tls_lines)
-    _write_private(rundir / "mosquitto.conf", conf_text)
+    _write_private(files.broker_conf, conf_text)
     runtime = BrokerRuntime(rundir, testbed, host, port, passwords, ca_file)
     _write_private(rundir / CREDENTIALS_FILE, json.dumps({
         "testbed": testbed, "host": host, "port": port,

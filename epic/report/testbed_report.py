@@ -13,7 +13,6 @@ RUNDIR/results.jsonl and RUNDIR/maps/, and writes to ``out_dir``:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from epic.errors import InputError
 from epic.published import PUBLISHED_ENERGY_RATIO, PUBLISHED_LATENCY_RATIO
+from epic.rundir import RunDir, read_json
 
 __all__ = ["PUBLISHED_ENERGY_RATIO", "PUBLISHED_LATENCY_RATIO", "partial_lines",
            "write_report"]
@@ -154,7 +154,7 @@ def _plot_maps(rundir: Path, replay: dict, path: Path) -> bool:
         if truth is not None:
             panels.append(("truth", np.asarray(truth).reshape(70, 70)))
     for name, mode in (("EPIC", "latent"), ("centralized", "raw")):
-        npy = rundir / "maps" / f"{mode}-{gather}.npy"
+        npy = RunDir(rundir).map(mode, gather)
         if npy.is_file():
             panels.append((name, np.load(npy)))
     if not panels:
@@ -179,11 +179,10 @@ def write_report(rundir: Path, out_dir: Path) -> Path:
 
     matplotlib.use("Agg")
     rundir, out_dir = Path(rundir), Path(out_dir)
-    source = rundir / "replay.json"
-    try:
-        replay = json.loads(source.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {source} (run `epic replay` first): {exc}") from exc
+    source = RunDir(rundir).replay
+    replay = read_json(source)  # RecordError (an InputError) if it is not a JSON object
+    if replay is None:
+        raise InputError(f"cannot read {source} (run `epic replay` first): no such file")
     out_dir.mkdir(parents=True, exist_ok=True)
     modes = replay["modes"]
     lines = [f"# EPIC testbed report: {replay['testbed']}", "",

@@ -17,7 +17,7 @@ import pytest
 
 from emulation import testbed
 from emulation.replay import replay
-from epic.errors import InputError
+from epic.errors import InputError, RunError
 from epic.report.testbed_report import write_report
 from tests.conftest import REPO
 from tests.integration.conftest import requires_mosquitto
@@ -152,7 +152,7 @@ def test_a_failing_role_is_reported_and_everything_it_wrote_removed(tmp_path, ru
         return proc, role
 
     monkeypatch.setattr(testbed, "spawn_role", recording_spawn)
-    with pytest.raises(InputError, match="central exited"):
+    with pytest.raises(RunError, match="central exited"):
         testbed.up(_fast_topology(tmp_path), rundir, truth=empty_truth, timeout_s=60)
     assert [p.role for p in spawned] == ["broker", "proxies", "central"]
     assert not any(testbed.is_alive(p) for p in spawned)  # stopped what it started
@@ -161,7 +161,7 @@ def test_a_failing_role_is_reported_and_everything_it_wrote_removed(tmp_path, ru
     rundir.mkdir()  # a directory of the user's: only what up added goes
     (rundir / "notes.txt").write_text("mine")
     (rundir / "results.jsonl").write_text("{}\n")
-    with pytest.raises(InputError, match="central exited"):
+    with pytest.raises(RunError, match="central exited"):
         testbed.up(_fast_topology(tmp_path), rundir, truth=empty_truth, timeout_s=60)
     assert sorted(p.name for p in rundir.iterdir()) == ["notes.txt", "results.jsonl"]
     assert (rundir / "results.jsonl").read_text() == "{}\n"

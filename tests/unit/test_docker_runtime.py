@@ -23,7 +23,19 @@ from emulation.docker_specs import (
 )
 from emulation.testbed import prepare_compose_runtime
 from epic.cli import main
-from epic.errors import InputError
+from epic.errors import InputError, RunError
+from epic.rundir import (
+    CentralStatus,
+    DeliveryCounts,
+    Endpoint,
+    FrameCounts,
+    GatherCounts,
+    ProxyStatus,
+    RadioEnergy,
+    ReloadState,
+    RunDir,
+    write_record,
+)
 from epic.topology import load_topology
 from tests.conftest import REPO
 
@@ -344,13 +356,36 @@ class _FakeEngine:
             "running")
         container.reload = lambda: None
         container.logs = lambda tail=None: b"boom\n"
-        if service == "central" and not self.central_exits:
-            (rundir / "central-status.json").write_text('{"connected": true}')
+        files = RunDir(rundir)
+        if service == "central" and not self.central_exits:  # what a connected central writes
+            write_record(files.central_status, _central_status())
         if service == "link-proxies":
-            for device in load_topology(rundir / "topology.yaml").devices:
-                (rundir / f"proxy-{device.id}.json").write_text("{}")
+            for device in load_topology(files.topology).devices:
+                write_record(files.proxy_status(device.id), _proxy_status(device.id))
         self.started[kwargs["name"]] = container
         return container
+
+
+def _central_status() -> CentralStatus:
+    return CentralStatus(
+        pid=1, started_ns=0, updated_ns=0, testbed="epic-5", connected=True, connects=1,
+        frames=FrameCounts(received=0, accepted=0, rejected={}),
+        gathers=GatherCounts(decoded={}, partial=0, dropped=0, pending=0, decode_errors=0),
+        delivery=DeliveryCounts(confirmations_sent=0, deadline_extensions=0),
+        status_messages=0, device_status={}, last_gather=None)
+
+
+def _proxy_status(device_id: str) -> ProxyStatus:
+    counters = dict.fromkeys(("up_mqtt_bytes", "up_wire_bytes", "up_packets", "publishes",
+                              "resent_rounds", "given_up", "down_mqtt_bytes",
+                              "down_wire_bytes", "down_packets"), 0)
+    return ProxyStatus(
+        device=device_id, state="running", pid=1, listen=Endpoint(host="0.0.0.0", port=1),
+        broker=Endpoint(host="broker", port=1883), topology="topology.yaml", link="l",
+        link_spec={}, connections_open=0, started_unix_s=0.0, updated_unix_s=0.0,
+        uptime_s=0.0, reload=ReloadState(count=0, last_unix_s=None, error=None),
+        tx_s=0.0, rx_s=0.0, energy_j=RadioEnergy(tx=0, rx=0, idle=0, sleep=0, comm=0, radio=0),
+        **counters)
 
 
 needs_passwd = pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
@@ -379,7 +414,7 @@ def test_up_orchestrates_images_network_and_roles_with_a_stand_in_engine(tmp_pat
 @needs_passwd
 def test_up_that_fails_cleans_up_and_says_why(tmp_path):
     engine = _FakeEngine(central_exits=True)
-    with pytest.raises(InputError, match=r"container epic-5-central exited .*boom"):
+    with pytest.raises(RunError, match=r"container epic-5-central exited .*boom"):
         docker_runtime.up(REPO / "topology.yaml", tmp_path / "run", build=False,
                           client=engine, timeout_s=5)
     assert not any(c[0] == "build" for c in engine.calls)  # --no-build: tags looked up

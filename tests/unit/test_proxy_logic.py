@@ -13,15 +13,16 @@ import pytest
 
 from emulation.energy import device_energy, radio_energy
 from emulation.network import STAGES, Medium, Message, NetworkModel, Workload
-from emulation.proxy import LinkProxy, ProxySettings, main, status_path
+from emulation.proxy import LinkProxy, ProxySettings, main
 from emulation.shaper import (
     LinkShaper,
     MqttFramer,
     MqttProtocolError,
     PacketType,
     packet_type,
-    write_json_atomic,
 )
+from epic.errors import InputError
+from epic.rundir import RunDir
 from epic.topology import Topology, parse_topology
 
 
@@ -187,7 +188,7 @@ def test_reload_relinks_changed_devices_and_a_bad_file_keeps_the_old(tmp_path: P
     assert proxy.shapers["device-1"].link.bandwidth_bps == 5e6
     proxy.settings.rundir.mkdir()
     proxy.write_status()
-    status = json.loads(status_path(proxy.settings.rundir, "device-1").read_text())
+    status = json.loads(RunDir(proxy.settings.rundir).proxy_status("device-1").read_text())
     assert status["reload"] == {"count": 1, "last_unix_s": proxy.reloaded_unix_s,
                                 "error": proxy.reload_error}
     assert status["link_spec"]["bandwidth_bps"] == 5e6 and status["listen"]["port"] == 1
@@ -199,16 +200,8 @@ def test_reload_relinks_changed_devices_and_a_bad_file_keeps_the_old(tmp_path: P
 def test_unknown_device_and_bad_port_count_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "topology.yaml"
     path.write_text(topology_text(1))
-    with pytest.raises(ValueError, match=r"\['device-7'\] are not in"):
+    with pytest.raises(InputError, match=r"\['device-7'\] are not in"):
         LinkProxy(ProxySettings(path, tmp_path, "h", 1, {"device-7": 5}))
     with pytest.raises(SystemExit):
         main(["--topology", str(path), "--rundir", str(tmp_path), "--device", "device-1",
               "--listen-port", "5", "--listen-port", "6", "--listen-port", "7"])
-
-
-def test_write_json_atomic_replaces_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "proxy-device-1.json"
-    write_json_atomic(path, {"a": 1})
-    write_json_atomic(path, {"a": 2})
-    assert json.loads(path.read_text()) == {"a": 2}
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]
