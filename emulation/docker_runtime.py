@@ -29,9 +29,7 @@ RUNDIR/docker.json records what :func:`up` started; without it :func:`down` does
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -47,12 +45,23 @@ from emulation.docker_specs import (
 from emulation.testbed import (
     DEFAULT_CHECKPOINT,
     REPO,
+    central_summary,
     check_models,
     is_alive,
+    link_summary,
     load_info,
     prepare_compose_runtime,
 )
-from epic.errors import InputError
+from epic.errors import InputError, RunError
+from epic.rundir import (
+    CentralStatus,
+    ProxyStatus,
+    RecordError,
+    RunDir,
+    read_json,
+    read_record,
+    write_json,
+)
 from epic.topology import load_topology
 
 __all__ = [
@@ -67,7 +76,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "docker.json"
+STATE_FILE = RunDir.DOCKER
 _NO_ENGINE_HINT = "run without --runtime docker to use processes"
 
 
@@ -142,10 +151,12 @@ def _label_filter(testbed: str, rundir: Path) -> dict[str, list[str]]:
     return {"label": [f"epic.testbed={testbed}", f"epic.rundir={rundir}"]}
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_or_none(path: Path, kind: type) -> Any:
+    """A role's status record, or None while it has written none (or none readable)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_record(path, kind)
+    except RecordError as exc:
+        log.warning("%s", exc)
         return None
 
 
@@ -188,17 +199,16 @@ def up(topology_path: Path, rundir: Path, *, build: bool = True,
                          f"already (RUNDIR {', '.join(where)}); bring that testbed down first")
     _ensure_images(client, build)
     prepare_compose_runtime(topology_path, rundir, port=BROKER_PORT)
-    (rundir / "logs").mkdir(exist_ok=True)
-    for stale in [rundir / "central-status.json", *rundir.glob("proxy-*.json")]:
+    files = RunDir(rundir)
+    files.logs.mkdir(exist_ok=True)
+    for stale in files.status_files():
         stale.unlink(missing_ok=True)
-    for name in ("results", "dropped"):  # a new central: keep the old records aside
-        if (rundir / f"{name}.jsonl").is_file():
-            os.replace(rundir / f"{name}.jsonl", rundir / f"{name}-{int(time.time())}.jsonl")
+    files.rotate()  # a new central: keep the old records aside
     specs = container_specs(topology, rundir, broker_host_port=broker_host_port,
                             checkpoint=checkpoint, raw_checkpoint=raw_checkpoint, truth=truth)
     network = f"{topology.testbed}-net"
     state = {"runtime": "docker", "testbed": topology.testbed, "rundir": str(rundir),
-             "topology": str(rundir / "topology.yaml"), "network": network,
+             "topology": str(files.topology), "network": network,
              "broker_host_port": broker_host_port, "proxy_base_port": PROXY_BASE_PORT,
              "devices": [d.id for d in topology.devices], "containers": [],
              "started_unix_s": None}
@@ -229,37 +239,34 @@ def up(topology_path: Path, rundir: Path, *, build: bool = True,
 
 
 def _write_state(rundir: Path, state: dict) -> None:
-    tmp = rundir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, rundir / STATE_FILE)
+    write_json(RunDir(rundir).docker, state)
 
 
 def _wait_healthy(rundir: Path, devices: list[str], containers: list, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
+    files = RunDir(rundir)
     while True:
-        central = _read_json(rundir / "central-status.json")
-        if (central or {}).get("connected") and all(
-                (rundir / f"proxy-{d}.json").is_file() for d in devices):
+        central = _read_or_none(files.central_status, CentralStatus)
+        if central is not None and central.connected and all(
+                files.proxy_status(d).is_file() for d in devices):
             return
         for container in containers:
             _docker_call(f"inspect {container.name}", container.reload)
             if container.status in ("exited", "dead"):
                 tail = " | ".join(container.logs(tail=8).decode(errors="replace").splitlines())
-                raise InputError(f"container {container.name} exited while waiting for "
+                raise RunError(f"container {container.name} exited while waiting for "
                                  f"health: {tail or '(no output)'}")
         if time.monotonic() > deadline:
-            raise InputError(f"docker testbed not healthy after {timeout_s:.0f} s (central "
+            raise RunError(f"docker testbed not healthy after {timeout_s:.0f} s (central "
                              f"connected and proxy status files); see `docker logs`")
         time.sleep(0.5)
 
 
 def _load_state(rundir: Path) -> dict | None:
-    path = Path(rundir) / STATE_FILE
-    if not path.is_file():
-        return None
-    state = _read_json(path)
-    if not state or "testbed" not in state:
-        raise InputError(f"cannot read {path}")
+    path = RunDir(rundir).docker
+    state = read_json(path)
+    if state is not None and "testbed" not in state:
+        raise RecordError(f"{path}: testbed: missing")
     return state
 
 
@@ -304,14 +311,10 @@ def status(rundir: Path, client: Any = None) -> dict:
     client = client or connect()
     found = _docker_call("list containers", client.containers.list, all=True,
                          filters=_label_filter(state["testbed"], rundir))
-    central = _read_json(rundir / "central-status.json") or {}
-    links = {}
-    for index, device in enumerate(state["devices"]):
-        proxy = _read_json(rundir / f"proxy-{device}.json") or {}
-        links[device] = {"port": state["proxy_base_port"] + index, "link": proxy.get("link"),
-                         "state": proxy.get("state"), "publishes": proxy.get("publishes"),
-                         "up_wire_bytes": proxy.get("up_wire_bytes"),
-                         "energy_j": proxy.get("energy_j", {})}
+    files = RunDir(rundir)
+    links = {device: link_summary(_read_or_none(files.proxy_status(device), ProxyStatus),
+                                  state["proxy_base_port"] + index)
+             for index, device in enumerate(state["devices"])}
     return {
         "runtime": "docker", "testbed": state["testbed"], "rundir": str(rundir),
         "topology": state["topology"], "network": state["network"],
@@ -320,8 +323,8 @@ def status(rundir: Path, client: Any = None) -> dict:
                                                           "state": c.status,
                                                           "alive": c.status == "running"}
                   for c in found},
-        "links": links, "frames": central.get("frames"), "gathers": central.get("gathers"),
-        "central_connected": central.get("connected"),
+        "links": links,
+        **central_summary(_read_or_none(files.central_status, CentralStatus)),
     }
 
 
@@ -341,7 +344,7 @@ def run_devices(rundir: Path, data_dir: Path, *, mode: str = "epic", gathers: in
     if not Path(data_dir).is_dir():
         raise InputError(f"data directory {data_dir} does not exist")
     client = client or connect()
-    topology = load_topology(rundir / "topology.yaml")
+    topology = load_topology(RunDir(rundir).topology)
     specs = container_specs(topology, rundir, data_dir=Path(data_dir), mode=mode,
                             gathers=gathers, rate=rate)
     started = [_docker_call(f"start {spec.container_name()}", client.containers.run,
@@ -354,7 +357,7 @@ def run_devices(rundir: Path, data_dir: Path, *, mode: str = "epic", gathers: in
                                   timeout=timeout_s)
             service = container.labels.get("epic.service", container.name)
             codes[service] = int(result.get("StatusCode", -1))
-            (rundir / "logs" / f"{service}.log").write_bytes(container.logs())
+            RunDir(rundir).log(service).write_bytes(container.logs())
     finally:
         for container in started:
             _docker_call(f"remove {container.name}", container.remove, force=True)
