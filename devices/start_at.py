@@ -2,7 +2,8 @@
 
 ``python -m devices.start_at [agent options]`` (the compose device services' entrypoint): the
 agents of ``docker compose up`` start independently, so the first to arrive writes
-``$EPIC_RUNDIR/replay-start.json`` (created exclusively: exactly one writer) with now +
+``$EPIC_SYNC_DIR/replay-start.json`` (the ``sync`` volume, the one place the devices share;
+default ``$EPIC_RUNDIR``) (created exclusively: exactly one writer) with now +
 ``$EPIC_START_LEAD_S`` (default 10 s: the others' container start, imports and encoder load),
 and every agent, this one included, runs ``python -m devices.agent`` with
 ``EPIC_START_AT_UNIX_S`` set to it. In real time, gather k then ends at the same instant on every
@@ -50,10 +51,10 @@ def shared_start(rundir: Path, lead_s: float) -> float:
 
 
 def main() -> None:
-    rundir = Path(os.environ["EPIC_RUNDIR"])
+    sync_dir = Path(os.environ.get("EPIC_SYNC_DIR") or os.environ["EPIC_RUNDIR"])
     if not os.environ.get("EPIC_START_AT_UNIX_S"):
         lead_s = float(os.environ.get("EPIC_START_LEAD_S", "10"))
-        os.environ["EPIC_START_AT_UNIX_S"] = repr(shared_start(rundir, lead_s))
+        os.environ["EPIC_START_AT_UNIX_S"] = repr(shared_start(sync_dir, lead_s))
     print(f"start_at: shared start instant {os.environ['EPIC_START_AT_UNIX_S']} "
           f"({float(os.environ['EPIC_START_AT_UNIX_S']) - time.time():+.1f} s from now)",
           flush=True)

@@ -16,9 +16,15 @@ One command, ``docker compose up``, runs the whole testbed (Compose v2, and v1 1
    results (never the credentials) to ./runs/compose (``$EPIC_RESULTS``), owned like
    ./topology.yaml, and logs what happened and where the results are.
 
-Networks: ``core`` (broker, central, proxies) and ``edge`` (proxies, devices), so a device
-reaches the broker only through its link proxy. ``docker compose down -v`` removes the
-containers, both networks and the ``run`` volume (the credentials); ./runs/compose stays.
+Isolation: each device has its own container, its own network ``edge-<id>`` (internal: no
+route out) shared only with the link proxies, and its own volume ``device-<id>`` holding its
+own credential (init writes a credentials.json with that device's password alone), its
+topology copy and its stats. The broker, central and the proxies share ``core``; the ``run``
+volume (every credential, the ACL, the broker database) is never mounted in a device. So a
+device reaches the broker only through its link proxy, cannot reach another device, and
+knows no other credential. Shared with the devices are only ``data`` (the gathers, read-only)
+and ``sync`` (the shared start instant). ``docker compose down -v`` removes the containers,
+the networks and every volume (the credentials); ./runs/compose stays.
 
 Base images are build arguments: ``EPIC_PYTHON_BASE`` (python:3.11-slim) and
 ``EPIC_MOSQUITTO_BASE`` (eclipse-mosquitto:2); docker/build-local-base.sh makes local stand-ins
@@ -37,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from emulation.docker_specs import BROKER_PORT, PROXY_BASE_PORT
+from emulation.docker_specs import BROKER_PORT, DECODERS_IN_IMAGE, PROXY_BASE_PORT
 from epic.topology import Topology, load_topology
 
 __all__ = [
@@ -59,8 +65,10 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 RUN_DIR = "/run/epic"  # the run volume, at this path in every container
 RUN_USER = "10001:10001"  # the roles' user (the images' `epic`); init chowns the volume to it
 RESULTS_DIR = "/results"
-DATA_IN_RUN = f"{RUN_DIR}/data"
-DECODERS_IN_IMAGE = "/app/artifacts/decoders/flatvel-a/manifest.json"  # torch-free (ONNX)
+DATA_DIR = "/data"  # the `data` volume: the gathers to replay and their true maps (read-only)
+SYNC_DIR = "/sync"  # the `sync` volume: the devices' shared start instant, nothing else
+DEVICES_DIR = "/devices"  # init and results see each device's own volume at DEVICES_DIR/<id>
+SOURCE_DIR = "/source"  # init's read-only view of $EPIC_DATA
 DEFAULT_GATHERS = 6  # the shipped demo set (docker/demo)
 CENTRAL_BUILD_IMAGE = "epic-central"
 DEVICE_BUILD_IMAGE = "epic-device"
@@ -99,21 +107,27 @@ def _python_check(code: str) -> dict[str, Any]:
 def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -> dict[str, Any]:
     """The compose file for ``topology`` as a dict (services in start order)."""
     run = f"run:{RUN_DIR}"
+    data_ro = f"data:{DATA_DIR}:ro"
     topo = f"{RUN_DIR}/topology.yaml"
     central_build = _build("central/Dockerfile", PYTHON_BASE)
     device_build = _build("devices/Dockerfile", PYTHON_BASE)
     labels = {"epic.testbed": topology.testbed}
     devices = [d.id for d in topology.devices]
+    own_volume = {d: f"device-{d.removeprefix('device-')}" for d in devices}
+    edge = {d: f"edge-{d.removeprefix('device-')}" for d in devices}
     after_init = {"init": {"condition": "service_completed_successfully"}}
     services: dict[str, Any] = {
         "init": {
             "build": central_build, "image": CENTRAL_BUILD_IMAGE, "user": "0:0",
             "network_mode": "none",
             "command": ["python", "-m", "emulation.compose_steps", "init", "--topology",
-                        "/config/topology.yaml", "--rundir", RUN_DIR, "--data", "/data",
-                        "--gathers", GATHERS, "--owner", RUN_USER],
-            "volumes": [run, f"{topology_file}:/config/topology.yaml:ro",
-                        "${EPIC_DATA:-./docker/demo}:/data:ro"],
+                        "/config/topology.yaml", "--rundir", RUN_DIR, "--data", SOURCE_DIR,
+                        "--data-out", DATA_DIR, "--devices-dir", DEVICES_DIR, "--sync-dir",
+                        SYNC_DIR, "--gathers", GATHERS, "--owner", RUN_USER],
+            "volumes": [run, f"data:{DATA_DIR}", f"sync:{SYNC_DIR}",
+                        *(f"{own_volume[d]}:{DEVICES_DIR}/{d}" for d in devices),
+                        f"{topology_file}:/config/topology.yaml:ro",
+                        f"${{EPIC_DATA:-./docker/demo}}:{SOURCE_DIR}:ro"],
             "labels": {**labels, "epic.role": "init"},
         },
         "broker": {
@@ -128,9 +142,9 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
             "depends_on": {**after_init, "broker": {"condition": "service_started"}},
             "environment": {"EPIC_TOPOLOGY": topo, "EPIC_RUNDIR": RUN_DIR,
                             "EPIC_DECODER": DECODERS_IN_IMAGE,
-                            "EPIC_TRUTH": DATA_IN_RUN, "EPIC_BROKER_HOST": "broker",
+                            "EPIC_TRUTH": DATA_DIR, "EPIC_BROKER_HOST": "broker",
                             "EPIC_BROKER_PORT": str(BROKER_PORT)},
-            "volumes": [run], "networks": ["core"],
+            "volumes": [run, data_ro], "networks": ["core"],
             "healthcheck": _python_check(
                 f"import json; assert json.load(open('{RUN_DIR}/central-status.json'))"
                 "['connected']"),
@@ -143,7 +157,7 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
             "command": ["python", "-m", "emulation.proxy", "--topology", topo, "--rundir",
                         RUN_DIR, "--broker-host", "broker", "--broker-port", str(BROKER_PORT),
                         "--listen-host", "0.0.0.0", "--listen-port", str(PROXY_BASE_PORT)],
-            "volumes": [run], "networks": ["core", "edge"],
+            "volumes": [run], "networks": ["core", *(edge[d] for d in devices)],
             "healthcheck": _python_check(
                 f"import glob; assert len(glob.glob('{RUN_DIR}/proxy-*.json')) >= {len(devices)}"),
             "labels": {**labels, "epic.role": "link-proxies",
@@ -158,13 +172,15 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
                            "link-proxies": {"condition": "service_healthy"}},
             "entrypoint": ["python", "-m", "devices.start_at"],
             "environment": {"EPIC_TOPOLOGY": topo, "EPIC_RUNDIR": RUN_DIR,
+                            "EPIC_SYNC_DIR": SYNC_DIR,
                             "EPIC_ENCODERS": "/models/epic-flatvel-a/manifest.json",
-                            "EPIC_DATA": DATA_IN_RUN, "EPIC_MODE": MODE,
+                            "EPIC_DATA": DATA_DIR, "EPIC_MODE": MODE,
                             "EPIC_GATHERS": GATHERS, "EPIC_RATE": RATE,
                             "EPIC_BROKER_HOST": "link-proxies",
                             "EPIC_BROKER_PORT": str(PROXY_BASE_PORT + index),
                             "EPIC_DEVICE_ID": str(device.number)},
-            "volumes": [run], "networks": ["edge"], "restart": "no",
+            "volumes": [f"{own_volume[device.id]}:{RUN_DIR}", data_ro, f"sync:{SYNC_DIR}"],
+            "networks": [edge[device.id]], "restart": "no",
             "labels": {**labels, "epic.role": "device", "epic.device": device.id,
                        "epic.receivers": f"{first}-{last}", "epic.link": device.link},
         }
@@ -173,17 +189,24 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
         "network_mode": "none",
         "depends_on": {d: {"condition": "service_completed_successfully"} for d in devices},
         "command": ["python", "-m", "emulation.compose_steps", "collect", "--rundir", RUN_DIR,
-                    "--out", RESULTS_DIR, "--gathers", GATHERS, "--mode", MODE, "--rate", RATE,
+                    "--out", RESULTS_DIR, "--data", DATA_DIR, "--devices-dir", DEVICES_DIR,
+                    "--gathers", GATHERS, "--mode", MODE, "--rate", RATE,
                     "--owner-of", "/config/topology.yaml",
                     "--shown-as", "${EPIC_RESULTS:-./runs/compose}"],
-        "volumes": [run, f"{topology_file}:/config/topology.yaml:ro",
+        "volumes": [run, data_ro, *(f"{own_volume[d]}:{DEVICES_DIR}/{d}:ro" for d in devices),
+                    f"{topology_file}:/config/topology.yaml:ro",
                     f"${{EPIC_RESULTS:-./runs/compose}}:{RESULTS_DIR}"],
         "labels": {**labels, "epic.role": "results"},
     }
     return {
         "services": services,
-        "networks": {"core": {"labels": labels}, "edge": {"labels": labels}},
-        "volumes": {"run": {"labels": labels}},
+        "networks": {"core": {"labels": labels},
+                     **{edge[d]: {"internal": True, "labels": {**labels, "epic.device": d}}
+                        for d in devices}},
+        "volumes": {"run": {"labels": labels}, "data": {"labels": labels},
+                    "sync": {"labels": labels},
+                    **{own_volume[d]: {"labels": {**labels, "epic.device": d}}
+                       for d in devices}},
     }
 
 

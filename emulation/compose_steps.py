@@ -121,8 +121,33 @@ def unpack_data(source: Path, dest: Path, gathers: int) -> tuple[int, str]:
     return gathers, what
 
 
-def init(topology_path: Path, rundir: Path, data: Path, gathers: int, owner: str) -> None:
-    """The ``init`` service: credentials, conf, topology copy, demo data, ownership."""
+def _device_dir(devices_dir: Path, device: str, testbed: str, password: str,
+                topology_path: Path, uid: int, gid: int) -> None:
+    """A device's own volume: a credentials.json with its password alone, its topology copy.
+
+    Host and port in it are placeholders: the device reaches the broker through its link proxy
+    ($EPIC_BROKER_HOST/PORT), and never learns another credential."""
+    own = devices_dir / device
+    own.mkdir(parents=True, exist_ok=True)
+    files = RunDir(own)
+    for pattern in (RunDir.AGENT_GLOB, "replay-start.json"):  # an earlier up's
+        for path in own.glob(pattern):
+            path.unlink()
+    write_json(files.credentials, {"testbed": testbed, "host": "link-proxies", "port": 0,
+                                   "passwords": {device: password}, "ca_file": None})
+    os.chmod(files.credentials, 0o600)
+    shutil.copyfile(topology_path, own / "topology.yaml")
+    _chown_tree(own, uid, gid)
+
+
+def init(topology_path: Path, rundir: Path, data: Path, gathers: int, owner: str,
+         data_out: Path | None = None, devices_dir: Path | None = None,
+         sync_dir: Path | None = None) -> None:
+    """The ``init`` service: credentials, conf, topology copy, demo data, ownership.
+
+    ``data_out``: where the gathers go (the ``data`` volume; default R/data). ``devices_dir``:
+    each device's own volume at ``devices_dir/<id>`` gets its own credential only.
+    ``sync_dir``: the devices' shared-start volume, cleared."""
     from emulation.testbed import prepare_compose_runtime
     from epic.broker import CENTRAL_USER
     from epic.topology import load_topology
@@ -146,10 +171,22 @@ def init(topology_path: Path, rundir: Path, data: Path, gathers: int, owner: str
         for path in rundir.glob(pattern):
             path.unlink()
     RunDir(rundir).rotate()  # an earlier up's results (and dropped gathers): keep them aside
-    n, what = unpack_data(data, rundir / "data", gathers)
-    log.info("init: %d gathers from the %s in %s/data", n, what, rundir)
+    data_out = data_out or rundir / "data"
+    n, what = unpack_data(data, data_out, gathers)
+    log.info("init: %d gathers from the %s in %s", n, what, data_out)
     (rundir / "logs").mkdir(exist_ok=True)
     _chown_tree(rundir, uid, gid)
+    _chown_tree(data_out, uid, gid)
+    if sync_dir is not None:
+        (sync_dir / "replay-start.json").unlink(missing_ok=True)
+        _chown_tree(sync_dir, uid, gid)
+    if devices_dir is not None:
+        passwords = json.loads(RunDir(rundir).credentials.read_text())["passwords"]
+        for device in topology.devices:
+            _device_dir(devices_dir, device.id, topology.testbed, passwords[device.id],
+                        rundir / "topology.yaml", uid, gid)
+        log.info("init: each device's volume holds its own credential only (%s)",
+                 ", ".join(f"{devices_dir}/{d.id}" for d in topology.devices))
     log.info("init: testbed %s, %d devices (%s); broker, central and link proxies start next",
              topology.testbed, len(topology.devices),
              ", ".join(f"{d.id} {d.link}" for d in topology.devices))
@@ -167,7 +204,8 @@ def _read_or_none(path: Path, kind: type) -> object | None:
         return None
 
 
-def _summary(rundir: Path, records: list[Result], mode: str, gathers: int, rate: str) -> dict:
+def _summary(rundir: Path, records: list[Result], mode: str, gathers: int, rate: str,
+             data: Path) -> dict:
     """RUNDIR/replay.json's content for this compose run (as :func:`emulation.replay.replay`)."""
     from emulation.replay import _predict, fidelity_cost, summarize_mode
     from epic.topology import load_topology
@@ -192,15 +230,23 @@ def _summary(rundir: Path, records: list[Result], mode: str, gathers: int, rate:
             log.warning("results: no model prediction (%s)", exc)
     return {"testbed": topology.testbed, "topology": "topology.yaml", "data": "data",
             "shots": gathers, "start": 0, "rate": rate, "modes": modes, "dead_devices": [],
-            "raw_decoded": mode == "raw", "truth": "data" if (rundir / "data" / "model0.npy")
-            .is_file() else None, "ratios": None, "prediction": prediction,
+            "raw_decoded": mode == "raw", "truth": "data" if (data / "model0.npy").is_file()
+            else None, "ratios": None, "prediction": prediction,
             "runtime": "compose"}
 
 
 def collect(rundir: Path, out: Path, gathers: int, mode: str, rate: str = "realtime",
             owner_of: Path | None = None, shown_as: str | None = None,
-            timeout_s: float = 120.0) -> bool:
-    """The ``results`` service; True if every gather was decoded."""
+            timeout_s: float = 120.0, data: Path | None = None,
+            devices_dir: Path | None = None) -> bool:
+    """The ``results`` service; True if every gather was decoded.
+
+    ``data``: the gathers and true maps (default R/data); ``devices_dir``: the devices' own
+    volumes, whose agent stats are copied into R first."""
+    if devices_dir is not None and devices_dir.is_dir():
+        for own in sorted(p for p in devices_dir.iterdir() if p.is_dir()):
+            for stats in own.glob(RunDir.AGENT_GLOB):
+                shutil.copy2(stats, rundir / stats.name)
     central_mode = {"epic": "latent", "raw": "raw"}[mode]
     want = set(range(gathers))
     deadline = time.monotonic() + timeout_s
@@ -212,7 +258,8 @@ def collect(rundir: Path, out: Path, gathers: int, mode: str, rate: str = "realt
     latest = {r.gather: r for r in records}  # one record per gather
     records = [latest[g] for g in sorted(latest)]
     missing = sorted(want - set(latest))
-    replay = _summary(rundir, records, mode, gathers, rate)
+    data = data or rundir / "data"
+    replay = _summary(rundir, records, mode, gathers, rate, data)
     write_json(RunDir(rundir).replay, replay)
     out.mkdir(parents=True, exist_ok=True)
     for entry in rundir.iterdir():
@@ -223,8 +270,8 @@ def collect(rundir: Path, out: Path, gathers: int, mode: str, rate: str = "realt
             shutil.copytree(entry, target, dirs_exist_ok=True)
         else:
             shutil.copy2(entry, target)
-    if (rundir / "data").is_dir():  # the replayed gathers and true maps (`epic report` plots them)
-        shutil.copytree(rundir / "data", out / "data", dirs_exist_ok=True)
+    if data.is_dir():  # the replayed gathers and true maps (`epic report` plots them)
+        shutil.copytree(data, out / "data", dirs_exist_ok=True)
     if owner_of is not None and owner_of.exists():
         st = owner_of.stat()
         _chown_tree(out, st.st_uid, st.st_gid)
@@ -287,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--gathers", type=int, required=True)
     p.add_argument("--owner", default="10001:10001")
+    p.add_argument("--data-out", type=Path, default=None)
+    p.add_argument("--devices-dir", type=Path, default=None)
+    p.add_argument("--sync-dir", type=Path, default=None)
     p = sub.add_parser("collect")
     p.add_argument("--rundir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -296,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--owner-of", type=Path, default=None)
     p.add_argument("--shown-as", default=None)
     p.add_argument("--timeout-s", type=float, default=120.0)
+    p.add_argument("--data", type=Path, default=None)
+    p.add_argument("--devices-dir", type=Path, default=None)
     p = sub.add_parser("pack-demo")
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
@@ -303,10 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.step == "init":
-            init(args.topology, args.rundir, args.data, args.gathers, args.owner)
+            init(args.topology, args.rundir, args.data, args.gathers, args.owner,
+                 args.data_out, args.devices_dir, args.sync_dir)
         elif args.step == "collect":
             return 0 if collect(args.rundir, args.out, args.gathers, args.mode, args.rate,
-                                args.owner_of, args.shown_as, args.timeout_s) else 1
+                                args.owner_of, args.shown_as, args.timeout_s, args.data,
+                                args.devices_dir) else 1
         else:
             log.info("packed into %s", pack_demo(args.source, args.out, args.count))
     except InputError as exc:  # also DataError, TopologyError

@@ -99,6 +99,53 @@ def _leftovers(project: str) -> dict[str, list[str]]:
     return out
 
 
+_PROBE = """
+import json, os, socket, sys
+creds = json.load(open("/run/epic/credentials.json"))
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), 3).close()
+        return "connected"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+print(json.dumps({"users": sorted(creds["passwords"]), "files": sorted(os.listdir("/run/epic")),
+                  "proxy": reach("link-proxies", 18830), "broker": reach("broker", 1883),
+                  "other_device": reach(sys.argv[1], 8765)}))
+"""
+_LISTEN = ("import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 8765)); s.listen(); "
+           "print('listening', flush=True); time.sleep(300)")
+
+
+def _check_isolation(compose: list[str], env: dict[str, str]) -> None:
+    """A device has only its own credential, reaches its link proxy, and neither the broker
+    nor another device (a listener in device-2's network, reachable from the proxies)."""
+    listener = _run([*compose, "run", "-d", "--no-deps", "--entrypoint", "python", "device-2",
+                     "-c", _LISTEN], env=env, cwd=REPO).stdout.strip().splitlines()[-1]
+    try:
+        deadline = time.monotonic() + 60
+        while "listening" not in _run(["docker", "logs", listener]).stdout:
+            assert time.monotonic() < deadline, _run(["docker", "logs", listener]).stderr
+            time.sleep(0.2)
+        address = _run(["docker", "inspect", "-f",
+                        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                        listener]).stdout.split()
+        assert len(address) == 1, address  # device-2's own network only
+        proxies = _run([*compose, "ps", "-q", "link-proxies"], env=env, cwd=REPO).stdout.strip()
+        seen = _run(["docker", "exec", proxies, "python", "-c",
+                     f"import socket; socket.create_connection(('{address[0]}', 8765), 5)"])
+        assert seen.returncode == 0, seen.stderr  # the listener answers on its own network
+        probe = _run([*compose, "run", "--rm", "--no-deps", "--entrypoint", "python",
+                      "device-1", "-c", _PROBE, address[0]], timeout=120, env=env, cwd=REPO)
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        found = json.loads(probe.stdout.strip().splitlines()[-1])
+    finally:
+        _run(["docker", "rm", "-f", listener])
+    assert found["users"] == ["device-1"], found  # its own credential, no other
+    assert "passwd" not in found["files"] and "acl" not in found["files"], found
+    assert found["proxy"] == "connected", found
+    assert found["broker"] != "connected" and found["other_device"] != "connected", found
+
+
 def test_compose_up_decodes_every_gather_and_down_leaves_nothing(project_env):
     env, project = project_env, project_env["COMPOSE_PROJECT_NAME"]
     compose = [*COMPOSE, "-f", str(REPO / "docker-compose.yml")]
@@ -144,6 +191,7 @@ def test_compose_up_decodes_every_gather_and_down_leaves_nothing(project_env):
         assert not (results / "passwd").exists()
         assert f"written to {results}" in logs
         assert "generated credentials" in logs
+        _check_isolation(compose, env)
     finally:
         down = _run([*compose, "down", "-v", "--remove-orphans", "-t", "5"], timeout=300,
                     env=env, cwd=REPO)

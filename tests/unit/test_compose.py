@@ -72,7 +72,8 @@ def test_one_command_runs_every_step_in_order(compose, topology):
         assert "profiles" not in services[device]  # plain `docker compose up` runs them
     assert services["results"]["depends_on"] == dict.fromkeys(devices, done)
     for name, service in services.items():
-        assert f"run:{RUN_DIR}" in service["volumes"], name
+        # the run volume (every credential) is everywhere but in a device
+        assert (f"run:{RUN_DIR}" in service["volumes"]) == (name not in devices), name
         assert "healthcheck" not in service or name in ("central", "link-proxies")
 
 
@@ -117,9 +118,15 @@ def test_devices_match_the_topology(compose, topology):
         assert int(env["EPIC_DEVICE_ID"]) == spec.number, spec.id
         assert env["EPIC_BROKER_HOST"] == "link-proxies", spec.id
         assert int(env["EPIC_BROKER_PORT"]) == base + index, spec.id  # the proxy's k-th port
-        assert service["networks"] == ["edge"], spec.id  # the broker is on "core" only
+        own = f"edge-{spec.number}"
+        assert service["networks"] == [own], spec.id  # the broker is on "core" only
+        assert compose["networks"][own]["internal"] is True, own  # no route out
+        # its own volume (its own credential), the read-only gathers and the start instant
+        assert service["volumes"] == [f"device-{spec.number}:{RUN_DIR}", "data:/data:ro",
+                                      "sync:/sync"], spec.id
     assert services["broker"]["networks"] == ["core"]
-    assert services["link-proxies"]["networks"] == ["core", "edge"]
+    assert services["link-proxies"]["networks"] == [
+        "core", *(f"edge-{d.number}" for d in topology.devices)]
 
 
 def _compose_cli() -> list[str] | None:
