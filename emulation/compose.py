@@ -9,6 +9,8 @@ One command, ``docker compose up``, runs the whole testbed (Compose v2, and v1 1
    to the unprivileged user the roles run as, and exits;
 2. ``broker`` (Mosquitto 2), ``central`` and ``link-proxies`` (ONE emulation.proxy process:
    devices may share a medium; device k of the topology, 0-based, on port 18830 + k) start;
+   the proxies follow ./topology.yaml (``--follow``): a link edited there hot-reloads, as
+   ``epic testbed fault degrade-link`` and edits of the run volume's copy do;
    central and the proxies report healthy through their status files in the volume;
 3. ``device-1..N`` replay the demo gathers through their link proxies from one shared start
    instant (devices/start_at.py) and exit;
@@ -69,6 +71,7 @@ DATA_DIR = "/data"  # the `data` volume: the gathers to replay and their true ma
 SYNC_DIR = "/sync"  # the `sync` volume: the devices' shared start instant, nothing else
 DEVICES_DIR = "/devices"  # init and results see each device's own volume at DEVICES_DIR/<id>
 SOURCE_DIR = "/source"  # init's read-only view of $EPIC_DATA
+USER_TOPOLOGY_DIR = "/topology"  # the proxies' read-only view of the user's topology folder
 DEFAULT_GATHERS = 6  # the shipped demo set (docker/demo)
 CENTRAL_BUILD_IMAGE = "epic-central"
 DEVICE_BUILD_IMAGE = "epic-device"
@@ -114,6 +117,8 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
     labels = {"epic.testbed": topology.testbed}
     devices = [d.id for d in topology.devices]
     own_volume = {d: f"device-{d.removeprefix('device-')}" for d in devices}
+    topology_dir, topology_name = os.path.split(topology_file)
+    topology_dir = topology_dir or "."
     edge = {d: f"edge-{d.removeprefix('device-')}" for d in devices}
     after_init = {"init": {"condition": "service_completed_successfully"}}
     services: dict[str, Any] = {
@@ -156,8 +161,12 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
                            "central": {"condition": "service_started"}},
             "command": ["python", "-m", "emulation.proxy", "--topology", topo, "--rundir",
                         RUN_DIR, "--broker-host", "broker", "--broker-port", str(BROKER_PORT),
-                        "--listen-host", "0.0.0.0", "--listen-port", str(PROXY_BASE_PORT)],
-            "volumes": [run], "networks": ["core", *(edge[d] for d in devices)],
+                        "--listen-host", "0.0.0.0", "--listen-port", str(PROXY_BASE_PORT),
+                        "--follow", f"{USER_TOPOLOGY_DIR}/{topology_name}"],
+            # the user's topology's folder (not the file: an editor that saves by renaming
+            # would leave a file mount on the old version), followed for link changes
+            "volumes": [run, f"{topology_dir}:{USER_TOPOLOGY_DIR}:ro"],
+            "networks": ["core", *(edge[d] for d in devices)],
             "healthcheck": _python_check(
                 f"import glob; assert len(glob.glob('{RUN_DIR}/proxy-*.json')) >= {len(devices)}"),
             "labels": {**labels, "epic.role": "link-proxies",

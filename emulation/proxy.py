@@ -15,6 +15,10 @@ on it books, which needs no locks or IPC when they share a loop. Per device:
 - hot reload: the topology file is polled (mtime and size, every ``poll_s``); a changed,
   valid file re-links the devices whose link or radio changed, from their next packet on;
   an invalid one keeps the running topology, logs why and puts it in the status files.
+- ``--follow FILE`` (the compose testbed: the user's ./topology.yaml, mounted read-only):
+  when FILE changes, its text is copied over the watched topology file, so editing the
+  user's topology hot-reloads the running proxies as editing the run dir's copy does (an
+  edit of FILE replaces a fault's edit of the copy; an invalid FILE is reported the same way).
 - SIGTERM or SIGINT: stop listening, close the connections, write the final status, exit 0.
 
 CLI::
@@ -41,7 +45,15 @@ from pathlib import Path
 from emulation.network import Medium
 from emulation.shaper import LinkShaper, MqttFramer, PacketType, packet_type
 from epic.errors import InputError
-from epic.rundir import Endpoint, ProxyStatus, RadioEnergy, ReloadState, RunDir, write_record
+from epic.rundir import (
+    Endpoint,
+    ProxyStatus,
+    RadioEnergy,
+    ReloadState,
+    RunDir,
+    write_atomic,
+    write_record,
+)
 from epic.topology import Topology, load_topology, reload_topology
 
 __all__ = ["LinkProxy", "ProxySettings", "main"]
@@ -62,6 +74,7 @@ class ProxySettings:
         seed: seed of the loss and jitter streams (as `NetworkModel`'s).
         poll_s: topology file poll period, seconds.
         status_every_s: status file period, seconds.
+        follow_path: a file whose changes are copied over ``topology_path``, or None.
     """
 
     topology_path: Path
@@ -73,6 +86,7 @@ class ProxySettings:
     seed: int = 0
     poll_s: float = 0.5
     status_every_s: float = 1.0
+    follow_path: Path | None = None
 
 
 class LinkProxy:
@@ -258,22 +272,40 @@ class LinkProxy:
 
     # -- the loop ---------------------------------------------------------------------------
     async def _watch(self) -> None:
-        path = self.settings.topology_path
+        path, follow = self.settings.topology_path, self.settings.follow_path
 
-        def stamp() -> tuple[int, int] | None:
+        def stamp(of: Path | None) -> tuple[int, int] | None:
             with contextlib.suppress(OSError):
-                st = path.stat()
-                return st.st_mtime_ns, st.st_size
+                st = of.stat() if of is not None else None
+                return (st.st_mtime_ns, st.st_size) if st else None
             return None
 
-        seen = stamp()
+        seen, followed = stamp(path), stamp(follow)
         while True:
             await asyncio.sleep(self.settings.poll_s)
-            now = stamp()
+            if follow is not None and (now := stamp(follow)) != followed:
+                followed = now
+                self.follow_once()
+            now = stamp(path)
             if now != seen:
                 seen = now
                 self.check_reload()
                 self.write_status()
+
+    def follow_once(self) -> bool:
+        """Copy ``follow_path``'s text over the watched topology file if it differs."""
+        follow = self.settings.follow_path
+        try:
+            text = follow.read_bytes()
+            if text == self.settings.topology_path.read_bytes():
+                return False
+        except OSError as exc:
+            log.error("cannot follow %s: %s", follow, exc)
+            return False
+        write_atomic(self.settings.topology_path, text)
+        log.info("%s changed: copied over %s (reloaded next)", follow,
+                 self.settings.topology_path)
+        return True
 
     async def _report(self) -> None:
         while True:
@@ -329,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-port", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--poll-s", type=float, default=0.5)
+    parser.add_argument("--follow", type=Path, default=None,
+                        help="copy this file over --topology whenever it changes")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -344,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"for {len(devices)} devices")
     settings = ProxySettings(args.topology, args.rundir, args.broker_host or topology.broker.host,
                              args.broker_port or topology.broker.port, ports, args.listen_host,
-                             args.seed, args.poll_s)
+                             args.seed, args.poll_s, follow_path=args.follow)
     try:
         asyncio.run(_run(settings))
     except InputError as exc:

@@ -76,12 +76,14 @@ class ProxyProcess:
     """``python -m emulation.proxy`` on free ports for the devices of a topology file."""
 
     def __init__(self, topology_path: Path, rundir: Path, runtime: BrokerRuntime,
-                 devices: list[str]) -> None:
+                 devices: list[str], follow: Path | None = None) -> None:
         self.rundir, self.devices = rundir, devices
         self.ports = {d: free_port() for d in devices}
         args = [sys.executable, "-m", "emulation.proxy", "--topology", str(topology_path),
                 "--rundir", str(rundir), "--broker-host", runtime.host, "--broker-port",
                 str(runtime.port), "--poll-s", "0.2"]
+        if follow is not None:
+            args += ["--follow", str(follow)]
         for device, port in self.ports.items():
             args += ["--device", device, "--listen-port", str(port)]
         self.log_path = rundir / "proxy.log"
@@ -271,3 +273,25 @@ def test_booked_energy_equals_the_model_and_sigterm_is_clean(live) -> None:
     final = proxy.status("device-1")
     assert final["state"] == "stopped" and final["connections_open"] == 0
     assert final["publishes"] == 1 and final["up_mqtt_bytes"] >= after["up_mqtt_bytes"]
+
+
+def test_follow_copies_the_users_topology_over_the_watched_copy(broker, broker_runtime,
+                                                                 tmp_path: Path) -> None:
+    """The compose testbed: the proxies watch the run volume's copy and follow the user's
+    file; an edit of the user's file re-links the device, a bad one keeps the link."""
+    users, copy = tmp_path / "user" / "topology.yaml", tmp_path / "volume" / "topology.yaml"
+    users.parent.mkdir()
+    copy.parent.mkdir()
+    users.write_text(topology_text(bandwidth_bps=2e6))
+    copy.write_text(topology_text(bandwidth_bps=2e6))
+    proxy = ProxyProcess(copy, copy.parent, broker_runtime, ["device-1"], follow=users)
+    try:
+        users.write_text(topology_text(bandwidth_bps=4e6))
+        status = proxy.wait_status("device-1", lambda s: s["link_spec"]["bandwidth_bps"] == 4e6)
+        assert status["reload"]["count"] == 1 and copy.read_text() == users.read_text()
+        users.write_text(topology_text(bandwidth_bps=-5.0))
+        status = proxy.wait_status("device-1", lambda s: s["reload"]["error"] is not None)
+        assert "bandwidth_bps: must be > 0, got -5" in status["reload"]["error"]
+        assert status["link_spec"]["bandwidth_bps"] == 4e6
+    finally:
+        assert proxy.stop() == 0, proxy.log_tail()
