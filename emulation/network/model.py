@@ -5,14 +5,13 @@ closed-form FIFO servers; the PUBACK back over the link; the per-frame records a
 books turned into a `NetworkResult`. Segmentation and loss rounds come from the link kernel
 (`emulation.network.link`), as in the live proxy.
 
-The per-frame records are named by NamedTuples: `_InFlight` (a frame on its way to the
-broker) is one; `_Ready` and `_Row` name the layout of plain tuples. A 1,000-device run makes
-hundreds of thousands of each, and the difference is measured (bench/bench_network.py): the
-hot paths build an `_InFlight` with ``tuple.__new__`` (what a NamedTuple's own constructor
-calls, without its Python frame) and unpack every record into named locals; `_ready_times`
-yields plain tuples one at a time, and a row is ``frame + (end_s, ...)``, a plain tuple of
-numbers that the garbage collector stops tracking (NamedTuple instances stay tracked, and
-100,000 of them held to the end slow every collection).
+The per-frame records are named by NamedTuples: `_Ready` (when a frame may go), `_InFlight`
+(a frame on its way to the broker) and `_Row` (how it ended: the result table's columns).
+The records themselves are plain tuples in those layouts, built in one place each and
+unpacked into named locals; the result table picks its columns by name. A 1,000-device run
+holds hundreds of thousands of them, and a plain tuple of numbers is one the garbage
+collector stops tracking, where a NamedTuple instance stays tracked and slows every
+collection: 12 % of the run on dedicated links (bench/bench_network.py).
 """
 
 from __future__ import annotations
@@ -35,9 +34,6 @@ __all__ = ["NetworkModel"]
 
 log = logging.getLogger(__name__)
 
-_new = tuple.__new__  # _new(Record, (fields...)): a NamedTuple without its Python __new__
-
-
 class _Ready(NamedTuple):
     """When one frame is ready to send (the device CPU runs one message at a time). The
     layout of the tuples `NetworkModel._ready_times` yields."""
@@ -50,7 +46,8 @@ class _Ready(NamedTuple):
 
 
 class _InFlight(NamedTuple):
-    """A frame handed to the broker (or given up on): its link stages so far."""
+    """A frame handed to the broker (or given up on): its link stages so far. The layout of
+    the frame tuples the senders hand to `NetworkModel._on_arrival` and `_record`."""
 
     device: int
     gather: int
@@ -84,6 +81,8 @@ class _Row(NamedTuple):
 
 
 _COLUMN = {name: i for i, name in enumerate(_Row._fields)}
+_IN_FLIGHT_DEVICE = _InFlight._fields.index("device")
+assert _Row._fields[:len(_InFlight._fields)] == _InFlight._fields  # a row extends its frame
 _STAGE_COLUMNS = [_COLUMN[f"{stage}_s"] for stage in STAGES]
 
 
@@ -130,7 +129,7 @@ class NetworkModel:
         if self._ran:
             raise RuntimeError("a NetworkModel runs once; build a new one")
         self._ran = True
-        arrivals: list[tuple[float, _InFlight]] = []  # (broker arrival time, frame)
+        arrivals: list[tuple[float, tuple]] = []  # (broker arrival time, _InFlight frame)
         for s in self.senders:
             ready = self._ready_times(s, workload)
             if s.fast and self._closed_form_ok:
@@ -161,7 +160,7 @@ class NetworkModel:
                 yield gather, message, start_s, compute_s, cpu_free_s
 
     def _closed_form(self, s: LinkSender, w: Workload,
-                     ready: Iterable[tuple]) -> list[tuple[float, _InFlight]]:
+                     ready: Iterable[tuple]) -> list[tuple[float, tuple]]:
         """A dedicated link in closed form: its (broker arrival time, frame) list.
 
         The same kernel (`segment`, `draw_resends`, `LinkSender.round_wire`) and the same draws
@@ -190,17 +189,17 @@ class NetworkModel:
             s.tx_s += air_s
             s.tx_bits += wire_total * 8.0
             if lost:
-                self._record(_new(_InFlight, (s.index, gather, message, start_s, compute_s,
-                                              transmit_s, retx_s, 0.0, wire_total)),
-                             t, 0.0, 0.0, True)
+                frame = (s.index, gather, message, start_s, compute_s, transmit_s, retx_s, 0.0,
+                         wire_total)  # an _InFlight
+                self._record(frame, t, 0.0, 0.0, True)
                 continue
             prop_s = s.delay_s + (s.jitter_s * rand() if s.jitter_s else 0.0)
-            out.append((t + prop_s, _new(_InFlight, (s.index, gather, message, start_s,
-                                                     compute_s, transmit_s, retx_s, prop_s,
-                                                     wire_total))))
+            frame = (s.index, gather, message, start_s, compute_s, transmit_s, retx_s, prop_s,
+                     wire_total)  # an _InFlight
+            out.append((t + prop_s, frame))
         return out
 
-    def _feed(self, arrivals: list[tuple[float, _InFlight]]):
+    def _feed(self, arrivals: list[tuple[float, tuple]]):
         """Deliver closed-form arrivals to the broker in time order. While no other event is
         due before the next arrival, it is handled without a SimPy event (events only create
         events at or after their own time, so the order is exact)."""
@@ -238,14 +237,14 @@ class NetworkModel:
                 else:
                     retx_s += dt
             if plan.lost:
-                self._record(_new(_InFlight, (s.index, gather, message, start_s, compute_s,
-                                              transmit_s, retx_s, 0.0, wire_total)),
-                             env.now, 0.0, 0.0, True)
+                frame = (s.index, gather, message, start_s, compute_s, transmit_s, retx_s, 0.0,
+                         wire_total)  # an _InFlight
+                self._record(frame, env.now, 0.0, 0.0, True)
                 continue
             prop_s = s.propagation_s()
-            ev = env.timeout(prop_s, _new(_InFlight, (s.index, gather, message, start_s,
-                                                      compute_s, transmit_s, retx_s, prop_s,
-                                                      wire_total)))
+            frame = (s.index, gather, message, start_s, compute_s, transmit_s, retx_s, prop_s,
+                     wire_total)  # an _InFlight
+            ev = env.timeout(prop_s, frame)
             ev.callbacks.append(self._arrive)
 
     def _hold(self, s: LinkSender, dt_s: float):
@@ -273,7 +272,7 @@ class NetworkModel:
     def _arrive(self, event: simpy.Event) -> None:
         self._on_arrival(self.env.now, event.value)
 
-    def _on_arrival(self, now: float, frame: _InFlight) -> None:
+    def _on_arrival(self, now: float, frame: tuple) -> None:
         """A frame reaches the broker at ``now``: FIFO broker, FIFO central, then the PUBACK."""
         b_free_s = self._broker_free_s
         broker_done_s = (now if now > b_free_s else b_free_s) + self._broker_s
@@ -281,7 +280,7 @@ class NetworkModel:
         end_s = (broker_done_s if broker_done_s > c_free_s else c_free_s) + self._central_s
         self._broker_free_s, self._central_free_s = broker_done_s, end_s
         self._record(frame, end_s, broker_done_s - now, end_s - broker_done_s, False)
-        s = self.senders[frame[0]]  # frame.device
+        s = self.senders[frame[_IN_FLIGHT_DEVICE]]
         self._down_bytes += s.ack_wire_bytes
         s.rx_bits += s.ack_wire_bytes * 8.0
         if s.medium is None:
@@ -312,7 +311,7 @@ class NetworkModel:
         s.medium.release(req)
         s.rx_s += s.ack_s
 
-    def _record(self, frame: _InFlight, end_s: float, broker_s: float, central_s: float,
+    def _record(self, frame: tuple, end_s: float, broker_s: float, central_s: float,
                 lost: bool) -> None:
         """Book one frame that ended at ``end_s``; its queueing is whatever time no stage
         accounts for."""
@@ -348,5 +347,5 @@ class NetworkModel:
                              horizon_s)
 
 
-def _arrival_time(arrival: tuple[float, _InFlight]) -> float:
+def _arrival_time(arrival: tuple[float, tuple]) -> float:
     return arrival[0]
