@@ -12,6 +12,8 @@ One command, ``docker compose up``, runs the whole testbed (Compose v2, and v1 1
    the proxies follow ./topology.yaml (``--follow``): a link edited there hot-reloads, as
    ``epic testbed fault degrade-link`` and edits of the run volume's copy do;
    central and the proxies report healthy through their status files in the volume;
+   ``dashboard`` serves the live page on the host's loopback (``$EPIC_DASHBOARD_PORT``, 8050;
+   its log line gives the URL with the token init generated into the run volume);
 3. ``device-1..N`` replay the demo gathers through their link proxies from one shared start
    instant (devices/start_at.py) and exit;
 4. ``results`` waits until central decoded every gather, writes a replay summary, copies the
@@ -71,6 +73,8 @@ DATA_DIR = "/data"  # the `data` volume: the gathers to replay and their true ma
 SYNC_DIR = "/sync"  # the `sync` volume: the devices' shared start instant, nothing else
 DEVICES_DIR = "/devices"  # init and results see each device's own volume at DEVICES_DIR/<id>
 SOURCE_DIR = "/source"  # init's read-only view of $EPIC_DATA
+DASHBOARD_PORT = 8050  # in its container
+DASHBOARD_HOST_PORT = "${EPIC_DASHBOARD_PORT:-8050}"  # on the host's loopback
 USER_TOPOLOGY_DIR = "/topology"  # the proxies' read-only view of the user's topology folder
 DEFAULT_GATHERS = 6  # the shipped demo set (docker/demo)
 CENTRAL_BUILD_IMAGE = "epic-central"
@@ -172,6 +176,19 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
             "labels": {**labels, "epic.role": "link-proxies",
                        "epic.listen_base_port": str(PROXY_BASE_PORT)},
         },
+        "dashboard": {
+            "build": central_build, "image": CENTRAL_BUILD_IMAGE, "user": RUN_USER,
+            "depends_on": after_init,
+            # beyond loopback inside its container, so with the token init wrote; published
+            # on the host's loopback only; the run volume read-only: it never writes there
+            "command": ["python", "-m", "emulation.dashboard", "--dir", RUN_DIR, "--host",
+                        "0.0.0.0", "--port", str(DASHBOARD_PORT), "--token-file",
+                        f"{RUN_DIR}/dashboard-token", "--truth", DATA_DIR, "--url-host",
+                        "127.0.0.1", "--url-port", DASHBOARD_HOST_PORT],
+            "volumes": [f"run:{RUN_DIR}:ro", data_ro], "networks": ["dashboard"],
+            "ports": [f"127.0.0.1:{DASHBOARD_HOST_PORT}:{DASHBOARD_PORT}"],
+            "labels": {**labels, "epic.role": "dashboard"},
+        },
     }
     for index, device in enumerate(topology.devices):
         first, last = device.receivers
@@ -209,7 +226,7 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
     }
     return {
         "services": services,
-        "networks": {"core": {"labels": labels},
+        "networks": {"core": {"labels": labels}, "dashboard": {"labels": labels},
                      **{edge[d]: {"internal": True, "labels": {**labels, "epic.device": d}}
                         for d in devices}},
         "volumes": {"run": {"labels": labels}, "data": {"labels": labels},

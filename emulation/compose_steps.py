@@ -26,6 +26,7 @@ import json
 import logging
 import lzma
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -171,6 +172,10 @@ def init(topology_path: Path, rundir: Path, data: Path, gathers: int, owner: str
         for path in rundir.glob(pattern):
             path.unlink()
     RunDir(rundir).rotate()  # an earlier up's results (and dropped gathers): keep them aside
+    token = RunDir(rundir).dashboard_token
+    if not token.is_file():  # the dashboard serves beyond loopback inside its container
+        token.write_text(secrets.token_urlsafe(24) + "\n")
+    os.chmod(token, 0o600)
     data_out = data_out or rundir / "data"
     n, what = unpack_data(data, data_out, gathers)
     log.info("init: %d gathers from the %s in %s", n, what, data_out)

@@ -117,13 +117,15 @@ class RunDir:
     BROKER_CONF: ClassVar[str] = "mosquitto.conf"
     PERSISTENCE: ClassVar[str] = "persistence"
     TLS: ClassVar[str] = "tls"
+    DASHBOARD_TOKEN: ClassVar[str] = "dashboard-token"  # the compose dashboard's (mode 0600)
     PROXY_GLOB: ClassVar[str] = "proxy-*.json"
     AGENT_GLOB: ClassVar[str] = "agent-*.json"
     ROTATED: ClassVar[tuple[str, ...]] = (RESULTS, DROPPED)
     """Central's record files: a new testbed moves earlier ones aside (:meth:`rotate`)."""
     BROKER_PRIVATE: ClassVar[frozenset[str]] = frozenset(
-        {CREDENTIALS, PASSWD, ACL, BROKER_CONF, PERSISTENCE, TLS})
-    """The broker runtime: secrets and the broker's database, never copied out of the run."""
+        {CREDENTIALS, PASSWD, ACL, BROKER_CONF, PERSISTENCE, TLS, DASHBOARD_TOKEN})
+    """The broker runtime and the dashboard's token: secrets and the broker's database, never
+    copied out of the run."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -179,6 +181,10 @@ class RunDir:
     @property
     def credentials(self) -> Path:
         return self.root / self.CREDENTIALS
+
+    @property
+    def dashboard_token(self) -> Path:
+        return self.root / self.DASHBOARD_TOKEN
 
     @property
     def passwd(self) -> Path:

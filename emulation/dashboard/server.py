@@ -141,12 +141,14 @@ class Dashboard:
         rundir: the run directory (read only).
         refresh_s: how often the run dir is checked for changes, seconds (> 0).
         predict: run the SimPy model when the last replay has no prediction.
+        truth: the true maps' directory where the run dir names none, or None.
     """
 
-    def __init__(self, rundir: Path, refresh_s: float = 0.25, predict: bool = True) -> None:
+    def __init__(self, rundir: Path, refresh_s: float = 0.25, predict: bool = True,
+                 truth: Path | None = None) -> None:
         if refresh_s <= 0:
             raise InputError(f"refresh_s must be > 0, got {refresh_s}")
-        self.state = DashboardState(Path(rundir), predict=predict)
+        self.state = DashboardState(Path(rundir), predict=predict, truth=truth)
         self.refresh_s = refresh_s
         self.payload = "{}"
         self._changed = asyncio.Event()
@@ -194,9 +196,9 @@ class Dashboard:
 
 
 def create_app(rundir: Path, *, token: str | None = None, loopback_only: bool = True,
-               refresh_s: float = 0.25, predict: bool = True):
+               refresh_s: float = 0.25, predict: bool = True, truth: Path | None = None):
     """The ASGI app for ``rundir`` (wrapped in the Host/token guard)."""
-    dash = Dashboard(rundir, refresh_s=refresh_s, predict=predict)
+    dash = Dashboard(rundir, refresh_s=refresh_s, predict=predict, truth=truth)
     security = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                 "Cache-Control": "no-store"}
 
@@ -236,7 +238,8 @@ def create_app(rundir: Path, *, token: str | None = None, loopback_only: bool = 
 
 
 def serve(rundir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          token: str | None = None, refresh_s: float = 0.25) -> None:
+          token: str | None = None, refresh_s: float = 0.25,
+          truth: Path | None = None) -> None:
     """Serve the dashboard of ``rundir`` until interrupted (uvicorn, one process).
 
     Raises InputError for a non-loopback ``host`` without a token (see :func:`check_bind`).
@@ -245,7 +248,7 @@ def serve(rundir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
 
     check_bind(host, token)
     app = create_app(Path(rundir), token=token, loopback_only=is_loopback(host),
-                     refresh_s=refresh_s)
+                     refresh_s=refresh_s, truth=truth)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=1)
     uvicorn.Server(config).run()

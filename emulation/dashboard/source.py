@@ -64,10 +64,13 @@ class RunDirSource:
 
     Args:
         rundir: the run directory (it may not exist yet; everything then reads as absent).
+        truth: the true maps' directory where the run dir names none (a compose testbed has
+            no testbed.json), or None.
     """
 
-    def __init__(self, rundir: Path) -> None:
+    def __init__(self, rundir: Path, truth: Path | None = None) -> None:
         self.rundir = Path(rundir).resolve()
+        self.truth_dir = str(truth) if truth is not None else None
         self.paths = RunDir(self.rundir)
         self._cache: dict[Path, tuple[tuple[int, int, int], Any]] = {}
         self._topology_cache: tuple[tuple[int, int, int], Any] | None = None
@@ -218,6 +221,7 @@ class RunDirSource:
         testbed.json ``truth``), (70, 70) float32 m/s; None where unknown."""
         info = self.testbed()
         truth = info.truth if info is not None else (self.docker() or {}).get("truth")
+        truth = truth or self.truth_dir
         if not isinstance(truth, str) or not truth:
             return None
         if self._truth_cache is None or self._truth_cache[0] != truth:

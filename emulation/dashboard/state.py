@@ -97,10 +97,11 @@ class DashboardState:
         rundir: the run directory to watch (read only).
         predict: whether to run the SimPy model for the topology when the last replay has
             no prediction (about 0.1 s, once per topology change).
+        truth: the true maps' directory where the run dir does not name one, or None.
     """
 
-    def __init__(self, rundir: Path, predict: bool = True) -> None:
-        self.source = RunDirSource(rundir)
+    def __init__(self, rundir: Path, predict: bool = True, truth: Path | None = None) -> None:
+        self.source = RunDirSource(rundir, truth=truth)
         self.predict = predict
         self.version = 0
         self.view: dict = {}
@@ -269,7 +270,7 @@ class DashboardState:
 
     def _roles(self, testbed: TestbedInfo | None, docker: dict | None,
                central: CentralStatus | None, now_s: float) -> dict:
-        from emulation.testbed import is_alive
+        from emulation.runtime.processes import is_alive
 
         roles: dict[str, dict] = {}
         for proc in testbed.processes if testbed is not None else ():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from epic.broker import free_port
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -86,6 +87,7 @@ def project_env(tmp_path_factory) -> dict[str, str]:
     results = tmp_path_factory.mktemp("compose") / "results"
     return {**{k: v for k, v in os.environ.items() if not k.startswith("EPIC_")}, **bases,
             "EPIC_GATHERS": str(GATHERS), "EPIC_RATE": "max", "EPIC_RESULTS": str(results),
+            "EPIC_DASHBOARD_PORT": str(free_port()),
             "COMPOSE_PROJECT_NAME": f"epictest{os.getpid()}"}
 
 
@@ -146,6 +148,40 @@ def _check_isolation(compose: list[str], env: dict[str, str]) -> None:
     assert found["broker"] != "connected" and found["other_device"] != "connected", found
 
 
+def _check_dashboard(logs: str, env: dict[str, str]) -> None:
+    """The dashboard service: on the host's loopback, with init's token, its /metrics count
+    the frames the devices sent; without the token it answers 401."""
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    line = next(x for x in logs.splitlines() if "dashboard: open http://127.0.0.1:" in x)
+    url = line.split("dashboard: open ", 1)[1].strip()
+    assert url.startswith(f"http://127.0.0.1:{env['EPIC_DASHBOARD_PORT']}/?token=")
+    token = url.split("token=", 1)[1]
+    base = f"http://127.0.0.1:{env['EPIC_DASHBOARD_PORT']}"
+    with pytest.raises(HTTPError) as refused:
+        urlopen(f"{base}/metrics", timeout=10)
+    assert refused.value.code == 401
+    deadline = time.monotonic() + 60
+    while True:  # the server re-reads the run dir every 0.25 s
+        text = urlopen(f"{base}/metrics?token={token}", timeout=10).read().decode()
+        frames = {s.labels.get("device"): s.value
+                  for family in text_string_to_metric_families(text)
+                  if family.name == "epic_frames" for s in family.samples
+                  if s.name == "epic_frames_total"}
+        if frames and sum(frames.values()) >= GATHERS * 5:
+            break
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.25)
+    assert b"<svg" in urlopen(f"{base}/?token={token}", timeout=10).read()
+    for secret in ("credentials.json", "dashboard-token", "passwd"):  # no file is served
+        with pytest.raises(HTTPError) as missing:
+            urlopen(f"{base}/{secret}?token={token}", timeout=10)
+        assert missing.value.code == 404, secret
+
+
 def test_compose_up_decodes_every_gather_and_down_leaves_nothing(project_env):
     env, project = project_env, project_env["COMPOSE_PROJECT_NAME"]
     compose = [*COMPOSE, "-f", str(REPO / "docker-compose.yml")]
@@ -192,6 +228,7 @@ def test_compose_up_decodes_every_gather_and_down_leaves_nothing(project_env):
         assert f"written to {results}" in logs
         assert "generated credentials" in logs
         _check_isolation(compose, env)
+        _check_dashboard(logs, env)
     finally:
         down = _run([*compose, "down", "-v", "--remove-orphans", "-t", "5"], timeout=300,
                     env=env, cwd=REPO)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from emulation.compose import RUN_DIR, compose_config, compose_text
-from epic.cli import main
 from epic.topology import load_topology
+from epic_cli import main
 from tests.conftest import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -61,9 +61,10 @@ def test_the_cli_writes_and_checks_it(tmp_path):
 def test_one_command_runs_every_step_in_order(compose, topology):
     services = compose["services"]
     devices = [d.id for d in topology.devices]
-    assert list(services) == ["init", "broker", "central", "link-proxies", *devices, "results"]
+    assert list(services) == ["init", "broker", "central", "link-proxies", "dashboard",
+                              *devices, "results"]
     done = {"condition": "service_completed_successfully"}
-    for role in ("broker", "central", "link-proxies"):
+    for role in ("broker", "central", "link-proxies", "dashboard"):
         assert services[role]["depends_on"]["init"] == done
     for device in devices:
         assert services[device]["depends_on"] == {
@@ -73,6 +74,10 @@ def test_one_command_runs_every_step_in_order(compose, topology):
     assert services["results"]["depends_on"] == dict.fromkeys(devices, done)
     for name, service in services.items():
         # the run volume (every credential) is everywhere but in a device
+        if name == "dashboard":  # it reads the run dir and never writes it
+            assert f"run:{RUN_DIR}:ro" in service["volumes"]
+            assert service["ports"] == ["127.0.0.1:${EPIC_DASHBOARD_PORT:-8050}:8050"]
+            continue
         assert (f"run:{RUN_DIR}" in service["volumes"]) == (name not in devices), name
         assert "healthcheck" not in service or name in ("central", "link-proxies")
 
