@@ -37,9 +37,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from emulation import testbed  # noqa: E402
 from emulation.replay import replay  # noqa: E402
-from epic.cli import main as epic_main  # noqa: E402
+from emulation.runtime import ProcessRuntime  # noqa: E402
+from epic_cli import main as epic_main  # noqa: E402
 from tests.integration.chromium import Chromium, chromium_binary  # noqa: E402
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -62,7 +62,7 @@ def _data(out: Path, shots: int) -> Path:
     if (data / "data1.npy").exists() or any(data.glob("data*.npy")):
         return data
     maps = REPO.parent / "shared" / "openfwi" / "FlatVelA_test.zip"
-    args = [sys.executable, "-m", "epic.cli", "data", "synth", "--dataset", "flatvel-a",
+    args = [sys.executable, "-m", "epic_cli", "data", "synth", "--dataset", "flatvel-a",
             "--count", str(shots), "--seed", "0", "--overwrite", "--no-progress",
             "--out", str(data)]
     if maps.exists():
@@ -85,7 +85,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data or _data(args.out, args.shots)
     rundir = args.out / "testbed"
-    testbed.down(rundir, timeout_s=5)
+    ProcessRuntime(rundir).down(timeout_s=5)
     up_args = ["testbed", "up", "--topology", str(REPO / "topology.yaml"), "--dir",
                str(rundir), "--truth", str(data), "--dashboard"]
     if args.mode != "epic":
@@ -132,7 +132,7 @@ def main() -> int:
     finally:
         if browser is not None:
             browser.close()
-        testbed.down(rundir, timeout_s=5)
+        ProcessRuntime(rundir).down(timeout_s=5)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

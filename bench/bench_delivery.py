@@ -24,9 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from emulation import testbed  # noqa: E402
-from emulation.faults import restart_broker  # noqa: E402
 from emulation.replay import replay  # noqa: E402
+from emulation.runtime import ProcessRuntime  # noqa: E402
 from epic.rundir import (  # noqa: E402
     AgentSummary,
     CentralStatus,
@@ -51,7 +50,7 @@ def one_run(work: Path, topology: Path, data: Path, shots: int, mode: str, rate:
             signal_name: str, at_s: float, timeout_s: float) -> dict:
     """One testbed, one replay, one broker restart; central's counts."""
     rundir = work / f"run-{signal_name}-{time.time_ns()}"
-    testbed.up(topology, rundir, timeout_s=90)
+    ProcessRuntime(rundir).up(topology, timeout_s=90)
     outcome: dict = {}
 
     def run() -> None:
@@ -65,7 +64,7 @@ def one_run(work: Path, topology: Path, data: Path, shots: int, mode: str, rate:
         worker = threading.Thread(target=run)
         worker.start()
         time.sleep(max(started + at_s - time.time(), 0))
-        restart_broker(rundir, hard=signal_name == "SIGKILL")
+        ProcessRuntime(rundir).restart_broker(hard=signal_name == "SIGKILL")
         worker.join(timeout_s + 60)
         ended = time.time()
         central_mode = "latent" if mode == "epic" else "raw"
@@ -86,7 +85,7 @@ def one_run(work: Path, topology: Path, data: Path, shots: int, mode: str, rate:
             "error": outcome.get("error"),
         }
     finally:
-        testbed.down(rundir, timeout_s=10)
+        ProcessRuntime(rundir).down(timeout_s=10)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,8 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from emulation import testbed  # noqa: E402
 from emulation.replay import replay  # noqa: E402
+from emulation.runtime import ProcessRuntime  # noqa: E402
+from emulation.runtime.process import load_info  # noqa: E402
 from epic.data.openfwi import OpenFWIDataset  # noqa: E402
 from epic.errors import InputError  # noqa: E402
 from epic.rundir import AgentSummary, Result, RunDir, read_record, read_records  # noqa: E402
@@ -99,7 +100,7 @@ def ensure_data(data: Path | None, out: Path, count: int, seed: int) -> Path:
     if _gathers_in(target) >= count:
         return target
     log.info("synthesising %d flatvel-a gathers into %s", count, target)
-    subprocess.run([sys.executable, "-m", "epic.cli", "data", "synth", "--dataset",
+    subprocess.run([sys.executable, "-m", "epic_cli", "data", "synth", "--dataset",
                     "flatvel-a", "--count", str(count), "--seed", str(seed), "--out",
                     str(target), "--overwrite", "--no-progress"], check=True, cwd=REPO)
     return target
@@ -158,8 +159,9 @@ def breakdown(records: list[Result], spawn_unix_s: float, wall_s: float) -> dict
 def run(topology: Path, data: Path, count: int, out: Path, timeout_s: float) -> dict:
     """Testbed up, one EPIC replay at max rate, testbed down (always); the measurements."""
     rundir = out / "testbed"
-    testbed.down(rundir)  # a testbed left by an interrupted run
-    info = testbed.up(topology, rundir)
+    ProcessRuntime(rundir).down()  # a testbed left by an interrupted run
+    ProcessRuntime(rundir).up(topology)
+    info = load_info(rundir)
     try:
         pids = {p.role: p.pid for p in info.processes}
         before = {role: _cpu_s(pid) for role, pid in pids.items()}
@@ -173,7 +175,7 @@ def run(topology: Path, data: Path, count: int, out: Path, timeout_s: float) -> 
         agent_stats = {d: read_record(RunDir(rundir).agent_stats(d), AgentSummary)
                        for d in info.devices}
     finally:
-        testbed.down(rundir)
+        ProcessRuntime(rundir).down()
     mode = result["modes"]["epic"]
     cpu = {"agents": agents_cpu_s, **{role: (after[role] - before[role])
                                       if None not in (after[role], before[role]) else None

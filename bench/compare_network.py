@@ -77,7 +77,9 @@ def in_tree(tree: Path, *args: str) -> str:
 
 
 def simulate_json(tree: Path, topology: Path, shots: int, out: Path) -> str:
-    in_tree(tree, "-c", "from epic.cli import cli; cli()", "simulate", "--topology",
+    run_cli = ("try:\n from epic_cli import cli\n"  # epic.cli before the CLI moved
+               "except ImportError:\n from epic.cli import cli\ncli()")
+    in_tree(tree, "-c", run_cli, "simulate", "--topology",
             str(topology), "--shots", str(shots), "--seed", "0", "--json", str(out))
     data = json.loads(out.read_text())
 

@@ -25,7 +25,7 @@ ROBUSTNESS = ("epic", "equal-fusion")
 
 def _run(*args: str) -> None:
     print("+ epic", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "epic.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "epic_cli", *args], check=True)
 
 
 def main() -> None:

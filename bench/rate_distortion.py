@@ -23,7 +23,7 @@ RX_PER_DEVICE = 14
 
 def _run(*args: str) -> None:
     print("+ epic", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "epic.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "epic_cli", *args], check=True)
 
 
 def measure(a: argparse.Namespace) -> None:

@@ -1,8 +1,9 @@
 """Replay OpenFWI-layout shot-gathers over a running testbed and measure both modes.
 
-``replay(rundir, data, shots, mode)`` starts one ``python -m devices.agent`` per live device
-(:mod:`emulation.agents`: through its link proxy, all with one shared start instant; a device
-killed by ``epic testbed fault kill-device`` is not started), waits for them, then polls
+``replay(rundir, data, shots, mode)`` runs one device agent per live device through the run
+directory's runtime (:func:`emulation.runtime.runtime_for`: processes or containers; through
+its link proxy, all with one shared start instant; a device killed by ``epic testbed fault
+kill-device`` is not started), waits for them, then polls
 RUNDIR/results.jsonl until central decoded every gather of the run, partially (at its
 deadline, without the dead devices) or not; ``both`` runs EPIC, then raw, over the same links.
 It returns (and writes to ``json_out`` and RUNDIR/replay.json) per mode:
@@ -37,10 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emulation.agents import DEFAULT_LEAD_S, run_agents
-from emulation.faults import dead_devices
+from emulation.runtime import DEFAULT_LEAD_S, dead_devices, runtime_for
 from emulation.simulate import simulate, wire_frame_sizes
-from emulation.testbed import REPO, is_alive, load_info
+from epic.broker import REPO
 from epic.data.openfwi import OpenFWIDataset
 from epic.errors import InputError, RunError
 from epic.rundir import (
@@ -252,8 +252,9 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         raise InputError(f"--shots must be >= 1, got {shots}")
     if not lead_s >= 0:
         raise InputError(f"--start-lead-s must be >= 0, got {lead_s}")
-    info = load_info(rundir)
-    if info is None or not all(is_alive(p) for p in info.processes):
+    runtime = runtime_for(rundir)
+    info = runtime.status() if runtime.recorded() else None
+    if info is None or not info.running:
         raise InputError(f"no running testbed in {rundir}; run `epic testbed up` first")
     available = len(OpenFWIDataset(data, require_models=False))
     if start + shots > available:
@@ -270,8 +271,9 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         skip, skip_dropped = len(_results(rundir)), len(_dropped(rundir))
         before = _fresh_snapshot(rundir, info.devices, time.time() - _STATUS_PERIOD_S * 3)
         started = time.time()
-        agents = run_agents(info, m, Path(data).resolve(), shots, start, rate, encoders,
-                            timeout_s, lead_s)
+        agents = runtime.run_devices(m, Path(data).resolve(), shots=shots, start=start,
+                                     rate=rate, encoders=encoders, timeout_s=timeout_s,
+                                     lead_s=lead_s)
         records, dropped = _wait_decoded(rundir, m, gather_ids, skip, skip_dropped, timeout_s)
         wall_s = time.time() - started  # not counting the wait for fresh proxy status files
         after = _fresh_snapshot(rundir, info.devices, time.time() + 0.05)

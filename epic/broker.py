@@ -231,12 +231,23 @@ def load_runtime(rundir: Path) -> BrokerRuntime:
 class BrokerProcess:
     """``mosquitto -c RUNDIR/mosquitto.conf`` as a subprocess; restartable.
 
-    stderr (the broker log) is appended to RUNDIR/mosquitto.log.
+    The one broker lifecycle: tests run it in-process, and the process-mode testbed
+    (:mod:`emulation.runtime.process`) starts its broker with it, detached.
+
+    Args:
+        runtime: the prepared runtime (conf, host, port).
+        log_path: where the broker's output is appended (default RUNDIR/mosquitto.log).
+        binary: the mosquitto program (default: found on PATH or in /usr/sbin).
+        detached: start it in a session of its own, so that it outlives this process and
+            its process group can be signalled (the testbed's roles are started so).
     """
 
-    def __init__(self, runtime: BrokerRuntime) -> None:
+    def __init__(self, runtime: BrokerRuntime, *, log_path: Path | None = None,
+                 binary: str | None = None, detached: bool = False) -> None:
         self.runtime = runtime
-        self.log_path = runtime.rundir / "mosquitto.log"
+        self.log_path = log_path or runtime.rundir / "mosquitto.log"
+        self.binary = binary
+        self.detached = detached
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -256,8 +267,9 @@ class BrokerProcess:
             raise BrokerError(f"broker already running (pid {self.pid})")
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                [_tool("mosquitto"), "-c", str(self.runtime.conf_path)],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [self.binary or _tool("mosquitto"), "-c", str(self.runtime.conf_path)],
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=REPO, start_new_session=self.detached)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

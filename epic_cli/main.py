@@ -1,4 +1,7 @@
-"""``epic <verb>``: a thin command-line layer over the library.
+"""``epic <verb>``: a thin command-line layer over the library (epic) and the roles.
+
+The CLI sits above them all: ``epic`` imports no role package and no CLI, and the roles
+(devices, central, emulation) import only ``epic``; the verbs here call into both.
 
 Bad input (an :class:`~epic.errors.InputError` or a usage error) prints one line on stderr,
 ``epic: error: ...``, and exits with status 2; a run-time failure (:class:`~epic.errors.RunError`:
@@ -16,8 +19,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from epic.cli_testbed import dashboard_cmd, replay_cmd, report_cmd, testbed
 from epic.errors import EXIT_STATUS, InputError, RunError
+from epic_cli.testbed import dashboard_cmd, replay_cmd, report_cmd, testbed
 
 __all__ = ["cli", "main"]
 

@@ -20,9 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from emulation.dashboard.server import DEFAULT_HOST, check_bind
-from emulation.testbed import REPO, RoleProcess, is_alive, load_info, start_ticks, write_info
-from epic.broker import free_port
+from emulation.runtime.process import load_info, write_info
+from emulation.runtime.processes import is_alive, start_ticks
+from epic.broker import REPO, free_port
 from epic.errors import InputError
+from epic.rundir import RoleProcess
 
 __all__ = ["TOKEN_ENV", "start_detached", "url_of"]
 

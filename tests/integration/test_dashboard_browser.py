@@ -24,9 +24,10 @@ pytest.importorskip("starlette", reason="the dashboard extra is not installed "
                     "(pip install -e '.[dashboard]')")
 pytest.importorskip("websocket", reason="websocket-client (dev extra) is not installed")
 
-from emulation import testbed
 from emulation.replay import replay
-from epic.cli import main
+from emulation.runtime import ProcessRuntime
+from emulation.runtime.process import load_info
+from epic_cli import main
 from tests.integration.test_testbed import _fast_topology
 
 pytestmark = [
@@ -57,7 +58,7 @@ def _device_dead(device: str) -> str:
 def run_dir(tmp_path: Path):
     path = tmp_path / "run"
     yield path
-    testbed.down(path, timeout_s=5)  # the testbed and its dashboard, whatever happened
+    ProcessRuntime(path).down(timeout_s=5)  # the testbed and its dashboard, whatever happened
 
 
 def test_dashboard_in_chromium_during_a_replay(tmp_path, run_dir, tiny_dataset, capsys):
@@ -68,7 +69,7 @@ def test_dashboard_in_chromium_during_a_replay(tmp_path, run_dir, tiny_dataset, 
     match = re.search(r"dashboard (http://127\.0\.0\.1:\d+/) \(pid (\d+)", out)
     assert match, out
     url, pid = match.group(1), int(match.group(2))
-    assert "dashboard" in {p.role for p in testbed.load_info(run_dir).processes}
+    assert "dashboard" in {p.role for p in load_info(run_dir).processes}
 
     replayed: dict = {}
 
@@ -118,5 +119,6 @@ def test_dashboard_in_chromium_during_a_replay(tmp_path, run_dir, tiny_dataset, 
         shutil.copyfile(shot, target)
     print(f"screenshot: {shot}")
 
-    stopped = {p.role: p.pid for p in testbed.down(run_dir, timeout_s=5)}
+    stopped = {role: int(pid) for role, pid in
+               (s.split() for s in ProcessRuntime(run_dir).down(timeout_s=5))}
     assert stopped.get("dashboard") == pid  # `testbed down` stops the dashboard too

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from emulation import testbed
-from emulation.faults import restart_broker
 from emulation.replay import replay
+from emulation.runtime import ProcessRuntime
 from epic.mqtt import SessionClient
 from epic.wire import Channel, RangeSet, topic_for
 from tests.integration.conftest import TESTBED, requires_mosquitto
@@ -83,14 +82,14 @@ def _shared_wifi_topology(tmp_path: Path) -> Path:
 def run_dir(tmp_path: Path):
     path = tmp_path / "run"
     yield path
-    testbed.down(path, timeout_s=5)
+    ProcessRuntime(path).down(timeout_s=5)
 
 
 @pytest.mark.slow
 def test_broker_sigkill_during_a_raw_replay_drops_no_gather(tmp_path, run_dir, tiny_dataset):
     """8 raw gathers as fast as the 20 Mbit/s shared medium takes them (11 MB, ~5 s); the
     broker is SIGKILLed 1.5 s after the shared start, with chunks queued in every layer."""
-    testbed.up(_shared_wifi_topology(tmp_path), run_dir, timeout_s=90)
+    ProcessRuntime(run_dir).up(_shared_wifi_topology(tmp_path), timeout_s=90)
     shots = 8
     outcome: dict = {}
 
@@ -105,7 +104,7 @@ def test_broker_sigkill_during_a_raw_replay_drops_no_gather(tmp_path, run_dir, t
     worker.start()
     start_at = _start_instant(run_dir)
     time.sleep(max(start_at + 1.5 - time.time(), 0))  # the fault's instant, not a wait
-    restart_broker(run_dir, hard=True)
+    ProcessRuntime(run_dir).restart_broker(hard=True)
     worker.join(180)
     assert not worker.is_alive(), "replay did not finish"
     assert "error" not in outcome, outcome.get("error")
@@ -135,9 +134,9 @@ def _slow_links_topology(tmp_path: Path) -> Path:
 
 def test_replay_reports_a_gather_central_dropped_at_once(tmp_path, run_dir, tiny_dataset,
                                                          capsys) -> None:
-    from epic.cli import main
+    from epic_cli import main
 
-    testbed.up(_slow_links_topology(tmp_path), run_dir, timeout_s=90)
+    ProcessRuntime(run_dir).up(_slow_links_topology(tmp_path), timeout_s=90)
     code = main(["replay", "--data", str(tiny_dataset), "--shots", "1", "--mode", "raw",
                  "--dir", str(run_dir), "--timeout-s", "120", "--start-lead-s", "2"])
     err = capsys.readouterr().err

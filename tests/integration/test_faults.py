@@ -3,7 +3,7 @@ restore-device, the agents' shared start instant, and broker restarts (SIGKILL a
 while the agents publish.
 
 Real Mosquitto, link proxies, central and LiteRT device agents, over the fast dedicated links of
-``test_testbed``; ``epic`` commands through the real CLI entry point (``epic.cli.main``).
+``test_testbed``; ``epic`` commands through the real CLI entry point (``epic_cli.main``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from emulation import testbed
-from emulation.faults import kill_device, restart_broker, running_agents
 from emulation.replay import replay
-from epic.cli import main
+from emulation.runtime import ProcessRuntime
+from emulation.runtime.process import load_info, running_agents
+from emulation.runtime.processes import is_alive
 from epic.report.testbed_report import write_report
+from epic_cli import main
 from tests.integration.conftest import requires_mosquitto
 from tests.integration.test_testbed import _fast_topology
 
@@ -33,7 +34,7 @@ DEVICES = [f"device-{i}" for i in range(1, 6)]
 def run_dir(tmp_path: Path):
     path = tmp_path / "run"
     yield path
-    testbed.down(path, timeout_s=5)  # whatever the test did, leave nothing running
+    ProcessRuntime(path).down(timeout_s=5)  # whatever the test did, leave nothing running
 
 
 def _records(rundir: Path, gathers: range) -> list[dict]:
@@ -50,7 +51,7 @@ def _epic(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_kill_device_gives_flagged_partial_decodes_with_their_cost(tmp_path, run_dir,
                                                                    tiny_dataset, capsys):
-    testbed.up(_fast_topology(tmp_path), run_dir, truth=tiny_dataset, timeout_s=90)
+    ProcessRuntime(run_dir).up(_fast_topology(tmp_path), truth=tiny_dataset, timeout_s=90)
     rd = str(run_dir)
 
     # a full replay first: the baseline of the fidelity cost, and the shared start
@@ -101,10 +102,10 @@ def test_kill_device_gives_flagged_partial_decodes_with_their_cost(tmp_path, run
 
     # a new testbed in the same run directory starts without faults; killing device-3 again
     # and replaying gather 4 compares the partial decode with gather 4's full decode above
-    testbed.down(run_dir, timeout_s=5)
-    testbed.up(_fast_topology(tmp_path), run_dir, truth=tiny_dataset, timeout_s=90)
+    ProcessRuntime(run_dir).down(timeout_s=5)
+    ProcessRuntime(run_dir).up(_fast_topology(tmp_path), truth=tiny_dataset, timeout_s=90)
     assert not (run_dir / "faults.json").exists()
-    kill_device(run_dir, "device-3")
+    ProcessRuntime(run_dir).kill_device("device-3")
     again = replay(run_dir, tiny_dataset, 1, "epic", "max", start=4, timeout_s=60)
     cost = again["modes"]["epic"]["fidelity_cost"]
     assert cost["baseline"] == "same gathers, earlier replay", cost
@@ -117,7 +118,7 @@ def test_benchmark_shared_start_spread(tmp_path, run_dir, tiny_dataset):
     """How closely the agents start together (wall clock: a benchmark, not the default run).
 
     Measured ~1-3 ms between the five capture instants on the idle machine."""
-    testbed.up(_fast_topology(tmp_path), run_dir, timeout_s=90)
+    ProcessRuntime(run_dir).up(_fast_topology(tmp_path), timeout_s=90)
     full = replay(run_dir, tiny_dataset, 1, "epic", "max", timeout_s=60)["modes"]["epic"]
     (first,) = _records(run_dir, range(1))
     captures_ms = [d["capture_ns"] / 1e6 for d in first["devices"].values()]
@@ -128,7 +129,7 @@ def test_benchmark_shared_start_spread(tmp_path, run_dir, tiny_dataset):
 
 
 def test_kill_device_during_a_realtime_replay(tmp_path, run_dir, tiny_dataset):
-    testbed.up(_fast_topology(tmp_path), run_dir, truth=tiny_dataset, timeout_s=90)
+    ProcessRuntime(run_dir).up(_fast_topology(tmp_path), truth=tiny_dataset, timeout_s=90)
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(
         replay(run_dir, tiny_dataset, 2, "epic", "realtime", timeout_s=60)))
@@ -137,8 +138,8 @@ def test_kill_device_during_a_realtime_replay(tmp_path, run_dir, tiny_dataset):
     while "device-2" not in running_agents(run_dir):
         assert time.monotonic() < deadline and worker.is_alive(), "agents never started"
         time.sleep(0.05)
-    pid = kill_device(run_dir, "device-2")  # before gather 0 is complete (T + 5 s)
-    assert pid is not None
+    killed = ProcessRuntime(run_dir).kill_device("device-2")  # before gather 0 completes
+    assert killed is not None and killed.startswith("agent pid "), killed
     worker.join(60)
     assert not worker.is_alive() and result, "replay did not finish"
     epic = result["modes"]["epic"]
@@ -189,7 +190,7 @@ def test_broker_restarts_during_a_replay_lose_no_frame(tmp_path, run_dir, tiny_d
                                                          capsys):
     """SIGKILL the broker as gather 0 is published, SIGTERM it at gather 1, SIGKILL it (CLI)
     at gather 2, the last: every frame an agent published reaches central, once."""
-    testbed.up(_fast_topology(tmp_path), run_dir, timeout_s=90)
+    ProcessRuntime(run_dir).up(_fast_topology(tmp_path), timeout_s=90)
     shots, rd = 3, str(run_dir)
     outcome: dict = {}
 
@@ -208,7 +209,7 @@ def test_broker_restarts_during_a_replay_lose_no_frame(tmp_path, run_dir, tiny_d
     for k in range(shots):  # in real time every agent publishes gather k at T + (k + 1) x 5 s
         time.sleep(max(start_at + 5.0 * (k + 1) + offset_s - time.time(), 0))
         if k == 0:
-            pids.append(restart_broker(run_dir, hard=True))
+            pids.append(int(ProcessRuntime(run_dir).restart_broker(hard=True).split()[-1]))
         else:
             hard = ["--hard"] if k == 2 else []
             code, out, err = _epic(capsys, "testbed", "fault", "restart-broker", *hard,
@@ -216,8 +217,8 @@ def test_broker_restarts_during_a_replay_lose_no_frame(tmp_path, run_dir, tiny_d
             assert code == 0, err
             assert f"broker restarted ({'hard' if hard else 'soft'}): pid " in out, out
             pids.append(int(out.split("pid")[-1]))
-    broker = next(p for p in testbed.load_info(run_dir).processes if p.role == "broker")
-    assert broker.pid == pids[-1] and len(set(pids)) == shots and testbed.is_alive(broker)
+    broker = next(p for p in load_info(run_dir).processes if p.role == "broker")
+    assert broker.pid == pids[-1] and len(set(pids)) == shots and is_alive(broker)
     worker.join(90)
     assert not worker.is_alive(), "replay did not finish"
     assert "error" not in outcome, outcome.get("error")

@@ -1,4 +1,4 @@
-"""The process-mode testbed end to end: up, replay both modes, report, status, down.
+"""The process runtime end to end: up, replay both modes, report, status, down, faults.
 
 Real Mosquitto, real link proxies, real central and real device agents (LiteRT encoders), on
 free ports, over fast dedicated links (50 Mbit/s, 1 ms) so that the run stays short.
@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from emulation import testbed
 from emulation.replay import replay
+from emulation.runtime import ProcessRuntime
+from emulation.runtime import process as process_runtime
+from emulation.runtime.process import load_info
+from emulation.runtime.processes import is_alive
 from epic.errors import InputError, RunError
 from epic.report.testbed_report import write_report
 from tests.conftest import REPO
@@ -56,21 +59,23 @@ def _gone(pid: int) -> bool:
 def rundir(tmp_path: Path):
     path = tmp_path / "run"
     yield path
-    testbed.down(path, timeout_s=5)  # whatever the test did, leave nothing running
+    ProcessRuntime(path).down(timeout_s=5)  # whatever the test did, leave nothing running
 
 
 def test_up_replay_report_down(tmp_path, rundir, tiny_dataset):
     topology = _fast_topology(tmp_path)
-    info = testbed.up(topology, rundir, truth=tiny_dataset, timeout_s=90)
+    up = ProcessRuntime(rundir).up(topology, truth=tiny_dataset, timeout_s=90)
+    info = load_info(rundir)
+    assert up.running and up.broker == f"127.0.0.1:{info.broker_port}"
     pids = [p.pid for p in info.processes]
     assert [p.role for p in info.processes] == ["broker", "proxies", "central"]
-    assert all(testbed.is_alive(p) for p in info.processes)
+    assert all(is_alive(p) for p in info.processes)
     assert json.loads((rundir / "testbed.json").read_text())["broker_port"] == info.broker_port
     for role in ("broker", "proxies", "central"):
         assert (rundir / "logs" / f"{role}.log").is_file()
 
     with pytest.raises(InputError, match="already running"):  # up twice refuses
-        testbed.up(topology, rundir)
+        ProcessRuntime(rundir).up(topology)
 
     out = tmp_path / "replay.json"
     result = replay(rundir, tiny_dataset, SHOTS, "both", "max", out, timeout_s=120)
@@ -102,20 +107,20 @@ def test_up_replay_report_down(tmp_path, rundir, tiny_dataset):
     for png in ("latency.png", "energy.png", "maps.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
 
-    state = testbed.status(rundir)
-    assert all(r["alive"] for r in state["roles"].values())
-    assert state["frames"]["accepted"] > 0 and state["frames"]["rejected"] == {}
-    assert state["links"]["device-1"]["energy_j"]["comm"] > 0
+    state = ProcessRuntime(rundir).status()
+    assert all(r.alive for r in state.roles.values())
+    assert state.frames["accepted"] > 0 and state.frames["rejected"] == {}
+    assert state.links["device-1"].energy_j["comm"] > 0
 
-    stopped = testbed.down(rundir)
-    assert sorted(p.pid for p in stopped) == sorted(pids)
+    stopped = ProcessRuntime(rundir).down()
+    assert sorted(stopped) == sorted(f"{p.role} {p.pid}" for p in info.processes)
     assert all(_gone(pid) for pid in pids)  # no process left behind
-    assert testbed.down(rundir) == []  # down twice is safe
-    assert not any(r["alive"] for r in testbed.status(rundir)["roles"].values())
+    assert ProcessRuntime(rundir).down() == []  # down twice is safe
+    assert not any(r.alive for r in ProcessRuntime(rundir).status().roles.values())
 
 
 def test_down_without_a_testbed_is_safe(tmp_path):
-    assert testbed.down(tmp_path / "nothing") == []
+    assert ProcessRuntime(tmp_path / "nothing").down() == []
 
 
 def test_up_refuses_a_taken_port_and_a_missing_mosquitto(tmp_path, rundir):
@@ -125,15 +130,15 @@ def test_up_refuses_a_taken_port_and_a_missing_mosquitto(tmp_path, rundir):
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(InputError, match="already in use"):
-            testbed.up(topology, rundir, broker_port=port)
+            ProcessRuntime(rundir).up(topology, broker_port=port)
     with pytest.raises(InputError, match="not found"):
-        testbed.up(topology, rundir, mosquitto_bin="mosquitto-not-installed")
+        ProcessRuntime(rundir, mosquitto_bin="mosquitto-not-installed").up(topology)
     assert not (rundir / "testbed.json").exists()  # nothing was started
 
 
 def _epic_cli(capsys, *args: str) -> tuple[int, str]:
     """``epic ARGS`` in-process: (exit status, stderr)."""
-    from epic.cli import main
+    from epic_cli import main
 
     status = main(list(args))
     return status, capsys.readouterr().err
@@ -143,29 +148,28 @@ def test_a_failing_role_is_reported_and_everything_it_wrote_removed(tmp_path, ru
                                                                     monkeypatch):
     empty_truth = tmp_path / "truth"  # exists, but holds no shards: central exits at start
     empty_truth.mkdir()
-    spawned: list[testbed.RoleProcess] = []
-    spawn = testbed.spawn_role
+    spawned: dict[str, object] = {}  # role -> its RoleProcess, as up records them
+    write_info = process_runtime.write_info
 
-    def recording_spawn(*args, **kwargs):
-        proc, role = spawn(*args, **kwargs)
-        spawned.append(role)
-        return proc, role
+    def recording_write_info(info):
+        spawned.update((p.role, p) for p in info.processes)
+        write_info(info)
 
-    monkeypatch.setattr(testbed, "spawn_role", recording_spawn)
+    monkeypatch.setattr(process_runtime, "write_info", recording_write_info)
     with pytest.raises(RunError, match="central exited"):
-        testbed.up(_fast_topology(tmp_path), rundir, truth=empty_truth, timeout_s=60)
-    assert [p.role for p in spawned] == ["broker", "proxies", "central"]
-    assert not any(testbed.is_alive(p) for p in spawned)  # stopped what it started
+        ProcessRuntime(rundir).up(_fast_topology(tmp_path), truth=empty_truth, timeout_s=60)
+    assert list(spawned) == ["broker", "proxies", "central"]
+    assert not any(is_alive(p) for p in spawned.values())  # stopped what it started
     assert not rundir.exists()  # and removed the run dir it made
 
     rundir.mkdir()  # a directory of the user's: only what up added goes
     (rundir / "notes.txt").write_text("mine")
     (rundir / "results.jsonl").write_text("{}\n")
     with pytest.raises(RunError, match="central exited"):
-        testbed.up(_fast_topology(tmp_path), rundir, truth=empty_truth, timeout_s=60)
+        ProcessRuntime(rundir).up(_fast_topology(tmp_path), truth=empty_truth, timeout_s=60)
     assert sorted(p.name for p in rundir.iterdir()) == ["notes.txt", "results.jsonl"]
     assert (rundir / "results.jsonl").read_text() == "{}\n"
-    assert not any(testbed.is_alive(p) for p in spawned)
+    assert not any(is_alive(p) for p in spawned.values())
 
 
 @pytest.mark.parametrize("receivers", ["[56, 84]", "[56, 66]"])
@@ -200,14 +204,14 @@ def test_up_with_a_corrupt_checkpoint_leaves_no_testbed(tmp_path, rundir, capsys
 
 
 def test_broker_restart_and_a_degraded_link(tmp_path, rundir, tiny_dataset):
-    from emulation.faults import degrade_link, restart_broker
-
-    testbed.up(_fast_topology(tmp_path), rundir, timeout_s=90)
-    old = next(p for p in testbed.load_info(rundir).processes if p.role == "broker")
-    new_pid = restart_broker(rundir, hard=True)
-    assert new_pid != old.pid and _gone(old.pid)
-    assert testbed.status(rundir)["roles"]["broker"]["alive"]
-    degrade_link(rundir, "device-2", bandwidth_bps=100e3)  # 1 KB latent: ~80 ms on the wire
+    runtime = ProcessRuntime(rundir)
+    runtime.up(_fast_topology(tmp_path), timeout_s=90)
+    old = next(p for p in load_info(rundir).processes if p.role == "broker")
+    now = runtime.restart_broker(hard=True)
+    new = next(p for p in load_info(rundir).processes if p.role == "broker")
+    assert now == f"pid {new.pid}" and new.pid != old.pid and _gone(old.pid)
+    assert runtime.status().roles["broker"].alive
+    runtime.degrade_link("device-2", bandwidth_bps=100e3)  # 1 KB latent: ~80 ms on the wire
     assert "fast-device-2" in (rundir / "topology.yaml").read_text()
     deadline = time.monotonic() + 15  # the proxies poll the file, then rewrite their status
     while json.loads((rundir / "proxy-device-2.json").read_text())["link"] != "fast-device-2":
@@ -223,4 +227,4 @@ def test_broker_restart_and_a_degraded_link(tmp_path, rundir, tiny_dataset):
     energy = result["modes"]["epic"]["energy_j"]
     assert energy["device-2"]["tx"] > 5 * energy["device-1"]["tx"], energy
     with pytest.raises(InputError, match="not in"):
-        degrade_link(rundir, "device-9", loss=0.1)
+        runtime.degrade_link("device-9", loss=0.1)

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from epic.cli import main
 from epic.data.openfwi import OpenFWIDataset
+from epic_cli import main
 from tests.conftest import requires_openfwi
 
 
 def _epic(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "epic.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "epic_cli", *args], capture_output=True,
                           text=True, timeout=300)
 
 

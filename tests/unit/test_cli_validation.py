@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from emulation.simulate import check_sweep, shipped_model_fit, sweep
-from epic.cli import main
 from epic.data.openfwi import read_velocity_maps
 from epic.errors import InputError
 from epic.topology import load_topology
+from epic_cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,7 +130,7 @@ def test_garbage_npy_is_called_what_it_is(tmp_path, capsys):
 
 
 def test_docker_up_checks_receivers_before_touching_the_engine(tmp_path):
-    from emulation import docker_runtime
+    from emulation.runtime import DockerRuntime
     from epic.topology import TopologyError
 
     class Untouchable:
@@ -139,5 +139,5 @@ def test_docker_up_checks_receivers_before_touching_the_engine(tmp_path):
 
     path, line = _topology_with(tmp_path, "[56, 84]")
     with pytest.raises(TopologyError, match=rf"^{path}:{line}: devices\[4\]\.receivers: not one"):
-        docker_runtime.up(path, tmp_path / "run", client=Untouchable(), timeout_s=5)
+        DockerRuntime(tmp_path / "run", client=Untouchable()).up(path, timeout_s=5)
     assert not (tmp_path / "run").exists()

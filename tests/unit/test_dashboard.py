@@ -26,7 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from emulation.dashboard import DashboardState, check_bind, create_app
 from epic.broker import free_port
-from epic.cli import main
 from epic.errors import InputError
 from epic.rundir import (
     CentralStatus,
@@ -39,6 +38,7 @@ from epic.rundir import (
     write_map,
     write_record,
 )
+from epic_cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICES = [f"device-{i}" for i in range(1, 6)]

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emulation import docker_runtime
 from emulation.compose import DEFAULT_GATHERS, RUN_DIR, compose_text
 from emulation.docker_specs import (
     BROKER_PORT,
@@ -21,8 +20,9 @@ from emulation.docker_specs import (
     ContainerSpec,
     container_specs,
 )
+from emulation.runtime import DockerRuntime, runtime_for
+from emulation.runtime.docker import connect, engine_problem
 from emulation.testbed import prepare_compose_runtime
-from epic.cli import main
 from epic.errors import InputError, RunError
 from epic.rundir import (
     CentralStatus,
@@ -37,10 +37,11 @@ from epic.rundir import (
     write_record,
 )
 from epic.topology import load_topology
+from epic_cli import main
 from tests.conftest import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
-NO_ENGINE = docker_runtime.engine_problem()
+NO_ENGINE = engine_problem()
 needs_no_engine = pytest.mark.skipif(NO_ENGINE is None,
                                      reason="a Docker engine answers here; the no-engine "
                                             "path cannot be exercised")
@@ -215,7 +216,7 @@ def test_dockerignore_keeps_what_the_dockerfiles_copy():
 def test_connect_without_an_engine_is_one_clear_line():
     pytest.importorskip("docker")
     with pytest.raises(InputError) as info:
-        docker_runtime.connect(timeout_s=5)
+        connect(timeout_s=5)
     message = str(info.value)
     assert message.startswith("no Docker engine reachable (")
     assert message.endswith("run without --runtime docker to use processes")
@@ -225,7 +226,7 @@ def test_connect_without_an_engine_is_one_clear_line():
 def test_connect_without_the_docker_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "docker", None)  # import docker -> ImportError
     with pytest.raises(InputError, match=r"docker Python package is not installed"):
-        docker_runtime.connect()
+        connect()
 
 
 @needs_no_engine
@@ -242,10 +243,10 @@ def test_cli_up_docker_exits_2_and_writes_nothing(tmp_path, capsys):
 
 
 def test_down_and_status_without_a_docker_testbed(tmp_path):
-    assert docker_runtime.down(tmp_path / "nowhere") == []  # safe, needs no engine
-    assert docker_runtime.down(tmp_path) == []
+    assert DockerRuntime(tmp_path / "nowhere").down() == []  # safe, needs no engine
+    assert DockerRuntime(tmp_path).down() == []
     with pytest.raises(InputError, match="no docker testbed"):
-        docker_runtime.status(tmp_path)
+        DockerRuntime(tmp_path).status()
 
 
 class _Container:
@@ -266,7 +267,7 @@ def test_down_removes_what_carries_this_testbeds_labels_in_order(tmp_path):
     """A stand-in client: the engine does the label filtering; check what we ask and do."""
     pytest.importorskip("docker")
     rundir = tmp_path.resolve()
-    (rundir / docker_runtime.STATE_FILE).write_text(json.dumps({"testbed": "tb"}))
+    (rundir / "docker.json").write_text(json.dumps({"testbed": "tb"}))
     calls: list[str] = []
     filters_seen = []
     names = ["tb-broker", "tb-device-1", "tb-link-proxies", "tb-central"]
@@ -290,14 +291,15 @@ def test_down_removes_what_carries_this_testbeds_labels_in_order(tmp_path):
     class Client:
         containers, networks = Listing(), Networks()
 
-    removed = docker_runtime.down(rundir, timeout_s=1, client=Client())
+    assert isinstance(runtime_for(rundir), DockerRuntime)  # found from the run dir alone
+    removed = DockerRuntime(rundir, client=Client()).down(timeout_s=1)
     assert removed == ["tb-device-1", "tb-central", "tb-link-proxies", "tb-broker"]
     assert calls[-1] == "remove network"
     assert calls[:2] == ["stop tb-device-1", "remove tb-device-1"]
     for filters in filters_seen:
         assert filters == {"label": ["epic.testbed=tb", f"epic.rundir={rundir}"]}
     assert (rundir / "logs" / "central.log").read_text() == "log of tb-central\n"
-    assert not (rundir / docker_runtime.STATE_FILE).exists()
+    assert not (rundir / "docker.json").exists()
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
@@ -400,8 +402,8 @@ needs_passwd = pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
 @needs_passwd
 def test_up_orchestrates_images_network_and_roles_with_a_stand_in_engine(tmp_path):
     engine = _FakeEngine()
-    state = docker_runtime.up(REPO / "topology.yaml", tmp_path / "run", client=engine,
-                              timeout_s=5)
+    status = DockerRuntime(tmp_path / "run", client=engine).up(REPO / "topology.yaml",
+                                                               timeout_s=5)
     rundir = (tmp_path / "run").resolve()
     assert ("build", "epic-device", "devices/Dockerfile") in engine.calls
     assert ("build", "epic-central", "central/Dockerfile") in engine.calls
@@ -410,17 +412,21 @@ def test_up_orchestrates_images_network_and_roles_with_a_stand_in_engine(tmp_pat
     assert runs[1][2] == {"epic-5-net": {"Aliases": ["central"]}}
     assert ("network", "epic-5-net", {"epic.testbed": "epic-5",
                                       "epic.rundir": str(rundir)}) in engine.calls
-    assert json.loads((rundir / docker_runtime.STATE_FILE).read_text()) == state
-    assert state["started_unix_s"] is not None
+    state = json.loads((rundir / "docker.json").read_text())
+    assert state["runtime"] == "docker" and state["started_unix_s"] is not None
+    assert status.runtime == "docker" and status.running and status.network == "epic-5-net"
+    assert status.roles["central"].where == "container epic-5-central"
+    assert set(status.links) == set(state["devices"])
+    assert isinstance(runtime_for(rundir), DockerRuntime)  # found from the run dir alone
     with pytest.raises(InputError, match="docker testbed is recorded"):
-        docker_runtime.up(REPO / "topology.yaml", rundir, client=engine)
+        DockerRuntime(rundir, client=engine).up(REPO / "topology.yaml")
 
 
 @needs_passwd
 def test_up_that_fails_cleans_up_and_says_why(tmp_path):
     engine = _FakeEngine(central_exits=True)
     with pytest.raises(RunError, match=r"container epic-5-central exited .*boom"):
-        docker_runtime.up(REPO / "topology.yaml", tmp_path / "run", build=False,
-                          client=engine, timeout_s=5)
+        DockerRuntime(tmp_path / "run", build=False, client=engine).up(
+            REPO / "topology.yaml", timeout_s=5)
     assert not any(c[0] == "build" for c in engine.calls)  # --no-build: tags looked up
-    assert not (tmp_path / "run" / docker_runtime.STATE_FILE).exists()  # down ran
+    assert not (tmp_path / "run" / "docker.json").exists()  # down ran

@@ -251,7 +251,7 @@ def test_export_decoders_cli(checkpoints, tmp_path, capsys):
     """``epic export-decoders`` with the EPIC decoder alone and no test split."""
     from click.testing import CliRunner
 
-    from epic.cli import cli, main
+    from epic_cli import cli, main
 
     out = tmp_path / "cli"
     result = CliRunner().invoke(cli, ["export-decoders", "--checkpoint", str(checkpoints[0]),

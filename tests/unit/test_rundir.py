@@ -232,9 +232,6 @@ def test_run_dir_paths_and_rotation(tmp_path):
 
 # -- import direction -------------------------------------------------------------------------
 ROLE_PACKAGES = {"devices", "central", "emulation"}
-# Known exception, to be removed by issue 12 section 3 ("The CLI sits above the roles"): the
-# command-line layer still lives in epic/ and imports emulation.*. Nothing else may.
-CLI_ALLOWLIST = {"epic/cli.py", "epic/cli_testbed.py"}
 
 
 def _imported_roots(path: Path) -> set[str]:
@@ -251,10 +248,10 @@ def test_the_library_imports_no_role_package():
     offenders = {}
     for path in sorted((REPO / "epic").rglob("*.py")):
         name = path.relative_to(REPO).as_posix()
-        roles = _imported_roots(path) & ROLE_PACKAGES
-        if roles and name not in CLI_ALLOWLIST:
+        roles = _imported_roots(path) & (ROLE_PACKAGES | {"epic_cli"})
+        if roles:
             offenders[name] = sorted(roles)
-    assert offenders == {}, f"epic/ must not import a role package: {offenders}"
+    assert offenders == {}, f"epic/ must import no role package and no CLI: {offenders}"
     assert _imported_roots(REPO / "epic" / "rundir.py") <= {
         "__future__", "dataclasses", "io", "json", "logging", "os", "secrets", "time",
         "types", "typing", "collections", "pathlib", "numpy", "epic"}

@@ -1,8 +1,9 @@
 """``epic testbed up|status|down|fault``, ``epic replay`` and ``epic report``: the live testbed.
 
-Thin wrappers over :mod:`emulation.testbed`, :mod:`emulation.replay`,
-:mod:`emulation.faults` and :mod:`epic.report.testbed_report`; registered on ``epic`` by
-:mod:`epic.cli`.
+Thin wrappers over :mod:`emulation.runtime` (one interface, processes or containers: ``up``
+takes ``--runtime``, every other verb finds the runtime from ``--dir``),
+:mod:`emulation.replay` and :mod:`epic.report.testbed_report`; registered on ``epic`` by
+:mod:`epic_cli.main`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ __all__ = ["dashboard_cmd", "replay_cmd", "report_cmd", "testbed"]
 
 @click.group()
 def testbed() -> None:
-    """Bring the process-mode testbed up, inspect it, and bring it down."""
+    """Bring the testbed up (processes or containers), inspect it, fault it, bring it down."""
 
 
 @testbed.command("up")
@@ -43,32 +44,19 @@ def testbed() -> None:
 def testbed_up(topology_path, rundir, checkpoint, raw_checkpoint, truth, broker_port,
                timeout_s, runtime, no_build, dashboard) -> None:
     """Start broker, link proxies and central; wait until they are healthy."""
-    if runtime == "docker":
-        from emulation import docker_runtime
+    from emulation.runtime import RUNTIMES
 
-        state = docker_runtime.up(topology_path, rundir, build=not no_build,
-                                  broker_host_port=broker_port or docker_runtime.BROKER_PORT,
-                                  checkpoint=checkpoint, raw_checkpoint=raw_checkpoint,
-                                  truth=truth, timeout_s=timeout_s)
-        click.echo(f"testbed {state['testbed']} up in {state['rundir']} (docker network "
-                   f"{state['network']}): {', '.join(state['containers'])}")
-        if dashboard:
-            click.echo(f"dashboard: run `epic dashboard --dir {state['rundir']}`")
-        return
-    from emulation.testbed import DEFAULT_CHECKPOINT, up
-
-    info = up(topology_path, rundir, checkpoint=checkpoint or DEFAULT_CHECKPOINT,
-              raw_checkpoint=raw_checkpoint, truth=truth, broker_port=broker_port,
-              timeout_s=timeout_s)
-    roles = ", ".join(f"{p.role} {p.pid}" for p in info.processes)
-    click.echo(f"testbed {info.testbed} up in {info.rundir}: broker {info.broker_host}:"
-               f"{info.broker_port}, proxies {info.proxy_base_port}.."
-               f"{info.proxy_base_port + len(info.devices) - 1} ({roles})")
+    chosen = RUNTIMES[runtime].for_up(rundir, build=not no_build)
+    status = chosen.up(topology_path, checkpoint=checkpoint, raw_checkpoint=raw_checkpoint,
+                       truth=truth, broker_port=broker_port, timeout_s=timeout_s)
+    click.echo(chosen.up_line(status))
     if dashboard:
-        from emulation.dashboard import start_detached
-
-        role, url = start_detached(info.rundir)
-        click.echo(f"dashboard {url} (pid {role.pid}; `epic testbed down` stops it)")
+        started = chosen.start_dashboard()
+        if started is None:
+            click.echo(f"dashboard: run `epic dashboard --dir {status.rundir}`")
+        else:
+            url, pid = started
+            click.echo(f"dashboard {url} (pid {pid}; `epic testbed down` stops it)")
 
 
 @testbed.command("compose")
@@ -104,27 +92,24 @@ def testbed_compose(topology_path, out, check) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def testbed_status(rundir, as_json) -> None:
     """Roles (alive?), links, frames accepted/rejected and energy so far."""
-    from emulation import docker_runtime
-    from emulation.testbed import status
+    from emulation.runtime import runtime_for
 
-    in_docker = (Path(rundir) / docker_runtime.STATE_FILE).is_file()
-    state = docker_runtime.status(rundir) if in_docker else status(rundir)
+    state = runtime_for(rundir).status()
     if as_json:
-        click.echo(json.dumps(state, indent=2))
+        click.echo(json.dumps(state.to_dict(), indent=2))
         return
-    click.echo(f"testbed {state['testbed']} in {state['rundir']}, broker {state['broker']}")
-    for role, r in state["roles"].items():
-        where = (f"container {r.get('container', '?')}" if in_docker
-                 else f"pid {r['pid']:>7d}")
-        click.echo(f"  {role:8s} {where}  {'alive' if r['alive'] else 'DEAD'}")
-    frames = state["frames"] or {}
+    click.echo(f"testbed {state.testbed} in {state.rundir}, broker {state.broker}")
+    for name, role in state.roles.items():
+        click.echo(f"  {name:8s} {role.where}  {'alive' if role.alive else 'DEAD'}")
+    frames = state.frames or {}
+    rejected = frames.get("rejected") or {}
     click.echo(f"  frames accepted {frames.get('accepted', 0)}, rejected "
-               f"{sum((frames.get('rejected') or {}).values())} {frames.get('rejected') or ''}"
-               f", gathers {(state['gathers'] or {}).get('decoded')}")
-    for device, link in state["links"].items():
-        energy = link["energy_j"] or {}
-        click.echo(f"  {device}: link {link['link']} port {link['port']}, publishes "
-                   f"{link['publishes']}, comm {energy.get('comm', 0.0):.4f} J, radio "
+               f"{sum(rejected.values())} {rejected or ''}"
+               f", gathers {(state.gathers or {}).get('decoded')}")
+    for device, link in state.links.items():
+        energy = link.energy_j
+        click.echo(f"  {device}: link {link.link} port {link.port}, publishes "
+                   f"{link.publishes}, comm {energy.get('comm', 0.0):.4f} J, radio "
                    f"{energy.get('radio', 0.0):.3f} J")
 
 
@@ -134,16 +119,11 @@ def testbed_status(rundir, as_json) -> None:
 @click.option("--timeout-s", default=15.0, show_default=True, type=float,
               help="SIGTERM grace per role before SIGKILL.")
 def testbed_down(rundir, timeout_s) -> None:
-    """Stop everything `up` started (by PID). Always safe to run."""
-    from emulation import docker_runtime
-    from emulation.testbed import down
+    """Stop everything `up` started (processes or containers). Always safe to run."""
+    from emulation.runtime import runtime_for
 
-    stopped = down(rundir, timeout_s=timeout_s)
-    click.echo(f"stopped {', '.join(f'{p.role} {p.pid}' for p in stopped)}" if stopped
-               else f"no processes running in {rundir}")
-    if (Path(rundir) / docker_runtime.STATE_FILE).is_file():
-        removed = docker_runtime.down(rundir, timeout_s=timeout_s)
-        click.echo(f"removed containers {', '.join(removed) or 'none'}")
+    runtime = runtime_for(rundir)
+    click.echo(runtime.down_line(runtime.down(timeout_s=timeout_s)))
 
 
 @testbed.group("fault")
@@ -157,10 +137,10 @@ def testbed_fault() -> None:
 @click.option("--hard", is_flag=True, help="SIGKILL (no database save) instead of SIGTERM.")
 def fault_restart_broker(rundir, hard) -> None:
     """Stop the broker and start it again on the same port and persistence."""
-    from emulation.faults import restart_broker
+    from emulation.runtime import runtime_for
 
-    click.echo(f"broker restarted ({'hard' if hard else 'soft'}): pid "
-               f"{restart_broker(rundir, hard=hard)}")
+    now = runtime_for(rundir).restart_broker(hard=hard)
+    click.echo(f"broker restarted ({'hard' if hard else 'soft'}): {now}")
 
 
 @testbed_fault.command("degrade-link")
@@ -172,10 +152,10 @@ def fault_restart_broker(rundir, hard) -> None:
 @click.option("--delay-s", type=float, default=None, help="One-way delay, seconds.")
 def fault_degrade_link(device_id, rundir, loss, bandwidth_bps, delay_s) -> None:
     """Give DEVICE_ID (e.g. device-2) a degraded link; the proxies pick it up live."""
-    from emulation.faults import degrade_link
+    from emulation.runtime import runtime_for
 
-    path = degrade_link(rundir, device_id, loss=loss, bandwidth_bps=bandwidth_bps,
-                        delay_s=delay_s)
+    path = runtime_for(rundir).degrade_link(device_id, loss=loss, bandwidth_bps=bandwidth_bps,
+                                            delay_s=delay_s)
     click.echo(f"{device_id}: link degraded in {path}")
 
 
@@ -185,10 +165,10 @@ def fault_degrade_link(device_id, rundir, loss, bandwidth_bps, delay_s) -> None:
               type=click.Path(path_type=Path))
 def fault_kill_device(device_id, rundir) -> None:
     """Mark DEVICE_ID dead: SIGKILL its running agent; later replays do not start it."""
-    from emulation.faults import kill_device
+    from emulation.runtime import runtime_for
 
-    pid = kill_device(rundir, device_id)
-    click.echo(f"{device_id}: dead ({f'agent pid {pid} killed' if pid else 'no agent running'}"
+    killed = runtime_for(rundir).kill_device(device_id)
+    click.echo(f"{device_id}: dead ({f'{killed} killed' if killed else 'no agent running'}"
                f"); central decodes without it at its deadline")
 
 
@@ -198,9 +178,9 @@ def fault_kill_device(device_id, rundir) -> None:
               type=click.Path(path_type=Path))
 def fault_restore_device(device_id, rundir) -> None:
     """Undo kill-device: the next replay starts DEVICE_ID's agent again."""
-    from emulation.faults import restore_device
+    from emulation.runtime import runtime_for
 
-    was_dead = restore_device(rundir, device_id)
+    was_dead = runtime_for(rundir).restore_device(device_id)
     click.echo(f"{device_id}: restored" if was_dead else f"{device_id}: was not dead")
 
 
