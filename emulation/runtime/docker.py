@@ -148,15 +148,19 @@ class DockerRuntime(Runtime):
         rundir: the run directory (mounted at its own path in every container).
         client: a ``docker.DockerClient`` (default: :func:`connect`, when first needed).
         build: build the images in ``up`` (False: use the existing tags).
+        publish_broker: publish the broker's port on the host (``up``'s ``broker_port``,
+            default 1883); False publishes none (two testbeds, or a busy 1883).
     """
 
     kind: ClassVar[str] = "docker"
     record: ClassVar[str] = RunDir.DOCKER
 
-    def __init__(self, rundir: Path, *, client: Any = None, build: bool = True) -> None:
+    def __init__(self, rundir: Path, *, client: Any = None, build: bool = True,
+                 publish_broker: bool = True) -> None:
         super().__init__(rundir)
         self._client = client
         self.build = build
+        self.publish_broker = publish_broker
 
     @classmethod
     def for_up(cls, rundir: Path, *, build: bool = True) -> DockerRuntime:
@@ -239,7 +243,8 @@ class DockerRuntime(Runtime):
         _ensure_images(client, self.build)
         prepare_rundir(topology_path, topology, self.rundir, host="broker", port=BROKER_PORT,
                        bind_address="0.0.0.0")
-        broker_host_port = BROKER_PORT if broker_port is None else broker_port
+        broker_host_port = (None if not self.publish_broker
+                            else BROKER_PORT if broker_port is None else broker_port)
         specs = container_specs(topology, self.rundir, broker_host_port=broker_host_port,
                                 checkpoint=checkpoint, raw_checkpoint=raw_checkpoint,
                                 truth=truth)

@@ -1,4 +1,5 @@
-"""The docker runtime end to end: build the images, up, replay through device containers, down.
+"""The docker runtime end to end: build the images, up, `epic replay` through device
+containers, every fault verb, down.
 
 Needs a Docker engine (and mosquitto_passwd on the host for the credentials); where none is
 reachable, the test is SKIPPED and says so. Images are built on the registry bases, or on
@@ -8,17 +9,20 @@ the local ones of docker/build-local-base.sh where the engine cannot pull.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from emulation import docker_runtime
+from emulation.replay import replay
+from emulation.runtime import DockerRuntime, runtime_for
+from emulation.runtime.docker import connect, engine_problem
 from epic.errors import InputError
 from tests.conftest import REPO
 from tests.integration.conftest import requires_mosquitto
 from tests.integration.test_compose import _bases
 
-NO_ENGINE = docker_runtime.engine_problem()
+NO_ENGINE = engine_problem()
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,29 +54,49 @@ def _fast_topology(tmp_path: Path) -> Path:
     return path
 
 
-def test_docker_testbed_up_replay_down(tmp_path, tiny_dataset):
+def _proxy_link(rundir: Path, device: str, want: str, timeout_s: float = 30.0) -> None:
+    """Poll the link proxy's status until it reports link ``want`` (it hot-reloads)."""
+    deadline = time.monotonic() + timeout_s
+    while json.loads((rundir / f"proxy-{device}.json").read_text())["link"] != want:
+        assert time.monotonic() < deadline, f"the proxy never reloaded {want}"
+        time.sleep(0.1)
+
+
+def test_docker_testbed_up_replay_faults_down(tmp_path, tiny_dataset):
     rundir = tmp_path / "run"
-    client = docker_runtime.connect()
+    client = connect()
+    runtime = DockerRuntime(rundir, build=True, publish_broker=False)
     try:
-        state = docker_runtime.up(_fast_topology(tmp_path), rundir, build=True,
-                                  broker_host_port=None, timeout_s=300)
-        assert state["containers"] == ["dtest-broker", "dtest-central", "dtest-link-proxies"]
-        now = docker_runtime.status(rundir)
-        assert {r: s["alive"] for r, s in now["roles"].items()} == {
+        status = runtime.up(_fast_topology(tmp_path), timeout_s=300)
+        assert json.loads((rundir / "docker.json").read_text())["containers"] == [
+            "dtest-broker", "dtest-central", "dtest-link-proxies"]
+        assert {r: s.alive for r, s in status.roles.items()} == {
             "broker": True, "central": True, "link-proxies": True}
+        assert isinstance(runtime_for(rundir), DockerRuntime)  # found from --dir alone
         probe = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
         client.containers.run("epic-device", entrypoint=["python", "-c", probe], remove=True)
 
-        codes = docker_runtime.run_devices(rundir, tiny_dataset, gathers=2, rate="max")
-        assert codes == {f"device-{k}": 0 for k in range(1, 6)}
-        results = [json.loads(line) for line in (rundir / "results.jsonl").read_text()
-                   .splitlines()]
-        assert len({r["gather"] for r in results}) == 2
+        result = replay(rundir, tiny_dataset, 2, "epic", "max", timeout_s=300)
+        epic = result["modes"]["epic"]
+        assert epic["gathers"] == 2 and epic["partial"] == 0
+        assert epic["agents"]["started"] == [f"device-{k}" for k in range(1, 6)]
+
+        runtime.degrade_link("device-2", bandwidth_bps=1e6)  # the proxies hot-reload it
+        _proxy_link(rundir, "device-2", "fast-device-2")
+        assert runtime.restart_broker(hard=True) == "container dtest-broker"
+        assert runtime_for(rundir).status().roles["broker"].alive
+        assert runtime.kill_device("device-3") is None  # no agent running: a record
+        again = replay(rundir, tiny_dataset, 1, "epic", "max", start=2, timeout_s=300)
+        epic = again["modes"]["epic"]
+        assert epic["agents"]["skipped_dead"] == ["device-3"] and epic["partial"] == 1
+        assert again["dead_devices"] == ["device-3"]
+        assert runtime.restore_device("device-3")
     finally:
-        removed = docker_runtime.down(rundir, timeout_s=10)
+        removed = runtime.down(timeout_s=10)
     assert sorted(removed) == ["dtest-broker", "dtest-central", "dtest-link-proxies"]
     assert not client.containers.list(all=True, filters={"label": "epic.testbed=dtest"})
     assert (rundir / "logs" / "central.log").is_file()
-    assert docker_runtime.down(rundir) == []  # a second down is a no-op
+    assert (rundir / "logs" / "agent-device-1-epic.log").is_file()
+    assert runtime.down() == []  # a second down is a no-op
     with pytest.raises(InputError, match="no docker testbed"):
-        docker_runtime.status(rundir)
+        runtime.status()
