@@ -24,7 +24,7 @@ from emulation.runtime.process import load_info, write_info
 from emulation.runtime.processes import is_alive, start_ticks
 from epic.broker import REPO, free_port
 from epic.errors import InputError
-from epic.rundir import RoleProcess
+from epic.rundir import RoleProcess, RunDir, read_json, write_json
 
 __all__ = ["TOKEN_ENV", "start_detached", "url_of"]
 
@@ -52,17 +52,22 @@ def _healthy(url: str, token: str | None) -> bool:
 
 def start_detached(rundir: Path, host: str = DEFAULT_HOST, port: int | None = None,
                    token: str | None = None, timeout_s: float = 30.0) -> tuple[RoleProcess, str]:
-    """Start the dashboard of the process testbed in ``rundir``; wait until it answers.
+    """Start the dashboard of the testbed in ``rundir`` beside it; wait until it answers.
 
-    Returns (its role, the page's URL). Raises InputError if RUNDIR has no running process
-    testbed (testbed.json), the bind needs a token (:func:`check_bind`), or the server does
-    not answer within ``timeout_s`` (it is then stopped).
+    A process testbed records it as a role in testbed.json; a container testbed (docker.json)
+    under its ``dashboard`` key. Either way `epic testbed down` stops it. The server is a host
+    process reading the run dir (a container testbed's run dir is a host folder too).
+
+    Returns (its role, the page's URL). Raises InputError if RUNDIR has no testbed
+    (testbed.json or docker.json), the bind needs a token (:func:`check_bind`), or the server
+    does not answer within ``timeout_s`` (it is then stopped).
     """
     rundir = Path(rundir).resolve()
     check_bind(host, token)
     info = load_info(rundir)
-    if info is None:
-        raise InputError(f"no process testbed in {rundir} (testbed.json missing); run "
+    docker_state = read_json(RunDir(rundir).docker) if RunDir(rundir).docker.is_file() else None
+    if info is None and docker_state is None:
+        raise InputError(f"no testbed in {rundir} (testbed.json or docker.json missing); run "
                          f"`epic dashboard --dir {rundir}` to watch any run dir")
     port = port or free_port("127.0.0.1" if host in ("0.0.0.0", "::") else host)
     logs = rundir / "logs"
@@ -89,7 +94,10 @@ def start_detached(rundir: Path, host: str = DEFAULT_HOST, port: int | None = No
             raise InputError(f"the dashboard did not start on {url} "
                              f"(exit {proc.returncode}): {tail}")
         time.sleep(0.1)
-    others = tuple(p for p in info.processes if p.role != "dashboard" or is_alive(p))
-    write_info(replace(info, processes=(*others, role)))
+    if info is not None:
+        others = tuple(p for p in info.processes if p.role != "dashboard" or is_alive(p))
+        write_info(replace(info, processes=(*others, role)))
+    else:
+        write_json(RunDir(rundir).docker, {**docker_state, "dashboard": role.to_dict()})
     log.info("dashboard: pid %d, %s", proc.pid, url)
     return role, url

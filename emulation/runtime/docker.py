@@ -60,11 +60,11 @@ from emulation.runtime.base import (
     wait_until,
 )
 from emulation.runtime.process import load_info
-from emulation.runtime.processes import is_alive
+from emulation.runtime.processes import is_alive, stop_processes
 from emulation.testbed import DEFAULT_CHECKPOINT, check_inputs, check_models, prepare_rundir
 from epic.broker import REPO
 from epic.errors import InputError
-from epic.rundir import RecordError, RunDir, read_json, write_json
+from epic.rundir import RecordError, RoleProcess, RunDir, read_json, write_json
 from epic.topology import load_topology
 
 __all__ = ["DockerRuntime", "connect", "engine_problem"]
@@ -321,8 +321,12 @@ class DockerRuntime(Runtime):
         state = self.state()
         if state is None:
             return []
-        order = {"central": 1, "link-proxies": 2, "broker": 3}  # devices: 0
         removed = []
+        if state.get("dashboard"):  # a host process beside the containers (start_dashboard)
+            dashboard = RoleProcess.from_dict(state["dashboard"], str(self.files.docker))
+            removed += [f"dashboard (pid {p.pid})"
+                        for p in stop_processes([dashboard], max(1.0, timeout_s))]
+        order = {"central": 1, "link-proxies": 2, "broker": 3}  # devices: 0
         for container in sorted(self._containers(state),
                                 key=lambda c: order.get(c.labels.get("epic.service"), 0)):
             service = container.labels.get("epic.service", container.name)
@@ -343,6 +347,14 @@ class DockerRuntime(Runtime):
 
     def down_line(self, stopped: list[str]) -> str:
         return f"removed containers {', '.join(stopped) or 'none'}"
+
+    def start_dashboard(self) -> tuple[str, int]:
+        """The live dashboard as a host process reading this run dir (docker.json records it;
+        ``down`` stops it)."""
+        from emulation.dashboard import start_detached
+
+        role, url = start_detached(self.rundir)
+        return url, role.pid
 
     def status(self) -> TestbedStatus:
         """Containers (running?), links, frames and energy so far."""

@@ -62,6 +62,24 @@ def _proxy_link(rundir: Path, device: str, want: str, timeout_s: float = 30.0) -
         time.sleep(0.1)
 
 
+def _frames_on_dashboard(url: str, at_least: int, timeout_s: float = 30.0) -> float:
+    """Poll the dashboard's /metrics until central's accepted frames reach ``at_least``."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = urlopen(url.rstrip("/") + "/metrics", timeout=10).read().decode()
+        frames = sum(s.value for f in text_string_to_metric_families(text)
+                     if f.name == "epic_frames" for s in f.samples
+                     if s.name == "epic_frames_total")
+        if frames >= at_least:
+            return frames
+        assert time.monotonic() < deadline, text[-1500:]
+        time.sleep(0.25)
+
+
 def test_docker_testbed_up_replay_faults_down(tmp_path, tiny_dataset):
     rundir = tmp_path / "run"
     client = connect()
@@ -73,6 +91,9 @@ def test_docker_testbed_up_replay_faults_down(tmp_path, tiny_dataset):
         assert {r: s.alive for r, s in status.roles.items()} == {
             "broker": True, "central": True, "link-proxies": True}
         assert isinstance(runtime_for(rundir), DockerRuntime)  # found from --dir alone
+        url, dashboard_pid = runtime.start_dashboard()  # `epic testbed up --dashboard`
+        assert json.loads((rundir / "docker.json").read_text())["dashboard"]["pid"] == (
+            dashboard_pid)
         probe = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
         client.containers.run("epic-device", entrypoint=["python", "-c", probe], remove=True)
 
@@ -80,6 +101,7 @@ def test_docker_testbed_up_replay_faults_down(tmp_path, tiny_dataset):
         epic = result["modes"]["epic"]
         assert epic["gathers"] == 2 and epic["partial"] == 0
         assert epic["agents"]["started"] == [f"device-{k}" for k in range(1, 6)]
+        assert _frames_on_dashboard(url, 2 * 5) >= 10  # the page's numbers: this testbed's
 
         runtime.degrade_link("device-2", bandwidth_bps=1e6)  # the proxies hot-reload it
         _proxy_link(rundir, "device-2", "fast-device-2")
@@ -93,7 +115,8 @@ def test_docker_testbed_up_replay_faults_down(tmp_path, tiny_dataset):
         assert runtime.restore_device("device-3")
     finally:
         removed = runtime.down(timeout_s=10)
-    assert sorted(removed) == ["dtest-broker", "dtest-central", "dtest-link-proxies"]
+    assert sorted(removed) == [f"dashboard (pid {dashboard_pid})", "dtest-broker",
+                               "dtest-central", "dtest-link-proxies"]
     assert not client.containers.list(all=True, filters={"label": "epic.testbed=dtest"})
     assert (rundir / "logs" / "central.log").is_file()
     assert (rundir / "logs" / "agent-device-1-epic.log").is_file()

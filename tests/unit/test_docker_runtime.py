@@ -110,8 +110,9 @@ def _in_rundir(value, rundir: str):
 
 def test_specs_have_the_compose_roles(compose, specs):
     """The SDK runtime starts compose's long-running roles and devices; compose adds its
-    one-shot init (credentials: `up` writes them itself) and results steps."""
-    assert list(specs) == [s for s in compose if s not in ("init", "results")]
+    one-shot init (credentials: `up` writes them itself) and results steps, and its dashboard
+    container (the SDK runtime's `up --dashboard` runs it as a host process)."""
+    assert list(specs) == [s for s in compose if s not in ("init", "results", "dashboard")]
     assert [s for s in specs if specs[s].resident] == list(RESIDENT)
     assert all(compose[s]["depends_on"]["link-proxies"] == {"condition": "service_healthy"}
                for s in specs if not specs[s].resident)
