@@ -20,6 +20,9 @@ One command, ``docker compose up``, runs the whole testbed (Compose v2, and v1 1
    results (never the credentials) to ./runs/compose (``$EPIC_RESULTS``), owned like
    ./topology.yaml, and logs what happened and where the results are.
 
+Hardware: a device with a hardware class (``hardware:`` in the topology, `epic.hardware`) gets
+its class's CPU quota (``cpus:``, Docker's nano_cpus) and memory limit (``mem_limit:``).
+
 Isolation: each device has its own container, its own network ``edge-<id>`` (internal: no
 route out) shared only with the link proxies, and its own volume ``device-<id>`` holding its
 own credential (init writes a credentials.json with that device's password alone), its
@@ -210,6 +213,10 @@ def compose_config(topology: Topology, topology_file: str = "./topology.yaml") -
             "labels": {**labels, "epic.role": "device", "epic.device": device.id,
                        "epic.receivers": f"{first}-{last}", "epic.link": device.link},
         }
+        hardware = topology.hardware_of(device)
+        if hardware is not None:  # its class: CPU quota (nano_cpus) and memory limit
+            services[device.id].update(cpus=hardware.cpus, mem_limit=hardware.mem_limit_bytes)
+            services[device.id]["labels"]["epic.hardware"] = device.hardware
     services["results"] = {
         "build": central_build, "image": CENTRAL_BUILD_IMAGE, "user": "0:0",
         "network_mode": "none",

@@ -66,6 +66,8 @@ class ContainerSpec:
         volumes: host path -> {"bind": container path, "mode": "rw" | "ro"}.
         ports: "<port>/tcp" -> host port. user: "uid:gid". labels: compose's plus runtime's.
         depends_on: services started first. resident: False for the replaying devices.
+        nano_cpus, mem_limit: the device's hardware class's CPU quota (1e9 per core) and
+            memory limit (bytes), as compose's ``cpus:`` and ``mem_limit:``; None: no limit.
     """
 
     service: str
@@ -79,6 +81,8 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
     resident: bool = True
+    nano_cpus: int | None = None
+    mem_limit: int | None = None
 
     def container_name(self) -> str:
         """``<testbed>-<service>`` (the testbed name comes from the labels)."""
@@ -97,6 +101,10 @@ class ContainerSpec:
             kwargs["command"] = list(self.command)
         if self.ports:
             kwargs["ports"] = dict(self.ports)
+        if self.nano_cpus is not None:
+            kwargs["nano_cpus"] = self.nano_cpus
+        if self.mem_limit is not None:
+            kwargs["mem_limit"] = self.mem_limit
         return kwargs
 
 
@@ -160,6 +168,8 @@ def container_specs(topology: Topology, rundir: Path, *, data_dir: Path = REPO /
     device_volumes = {**mount, str(Path(data_dir).resolve()): {"bind": "/data", "mode": "ro"}}
     for index, device in enumerate(topology.devices):
         first, last = device.receivers
+        hardware = topology.hardware_of(device)
+        class_labels = {"epic.hardware": device.hardware} if hardware is not None else {}
         specs[device.id] = ContainerSpec(
             device.id, DEVICE_IMAGE, DOCKERFILES[DEVICE_IMAGE], None, user,
             environment={"EPIC_TOPOLOGY": topo_file, "EPIC_RUNDIR": run,
@@ -171,6 +181,7 @@ def container_specs(topology: Topology, rundir: Path, *, data_dir: Path = REPO /
             volumes=dict(device_volumes), depends_on=("link-proxies", "central"),
             labels=labels(device.id, **{"epic.role": "device", "epic.device": device.id,
                                         "epic.receivers": f"{first}-{last}",
-                                        "epic.link": device.link}),
-            resident=False)
+                                        "epic.link": device.link, **class_labels}),
+            resident=False, nano_cpus=hardware.nano_cpus if hardware is not None else None,
+            mem_limit=hardware.mem_limit_bytes if hardware is not None else None)
     return specs

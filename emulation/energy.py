@@ -172,7 +172,8 @@ def radio_energy(spec: EnergySpec) -> RadioEnergy:
 
 @dataclass(frozen=True)
 class DeviceEnergy:
-    """Energy of one device over a run, joules, by radio state and for compute."""
+    """Energy of one device over a run, joules, by radio state and for compute (the board:
+    active power while computing, idle power otherwise)."""
 
     device_id: str
     tx_j: float
@@ -199,15 +200,18 @@ class DeviceEnergy:
 
 def device_energy(device_id: str, radio: RadioEnergy, *, tx_s: float, tx_bits: float,
                   rx_s: float, rx_bits: float, compute_s: float, compute_w: float,
-                  horizon_s: float, idle_state: str = "idle") -> DeviceEnergy:
+                  horizon_s: float, idle_state: str = "idle",
+                  compute_idle_w: float = 0.0) -> DeviceEnergy:
     """Book one device's energy.
 
     Args:
         tx_s, rx_s: time the radio spent transmitting and receiving, seconds.
         tx_bits, rx_bits: bits sent and received (retransmissions included).
-        compute_s: time spent computing, seconds, at ``compute_w`` watts.
+        compute_s: time spent computing, seconds, at ``compute_w`` watts (a hardware class's
+            ``active_w``).
         horizon_s: length of the run, seconds; the radio spends the rest of it in
-            ``idle_state`` ("idle" or "sleep").
+            ``idle_state`` ("idle" or "sleep"), the board the rest of it (``horizon_s -
+            compute_s``) at ``compute_idle_w`` watts (a class's ``idle_w``; 0 without one).
     """
     rest_s = max(horizon_s - tx_s - rx_s, 0.0)
     idle_s, sleep_s = (rest_s, 0.0) if idle_state == "idle" else (0.0, rest_s)
@@ -217,5 +221,5 @@ def device_energy(device_id: str, radio: RadioEnergy, *, tx_s: float, tx_bits: f
         rx_j=radio.rx_w * rx_s + radio.rx_j_per_bit * rx_bits,
         idle_j=radio.idle_w * idle_s,
         sleep_j=radio.sleep_w * sleep_s,
-        compute_j=compute_w * compute_s,
+        compute_j=compute_w * compute_s + compute_idle_w * max(horizon_s - compute_s, 0.0),
     )

@@ -92,7 +92,8 @@ class FrameSizes:
 
 @dataclass(frozen=True)
 class ComputeTimes:
-    """Compute before sending, seconds on the reference CPU (scaled by ``cpu_scale``).
+    """Compute before sending, seconds on one unconstrained host core (scaled per device by
+    its hardware class, ``t_host × cpu_scale × max(1, 1 / cpus)``, or by its ``cpu_scale``).
 
     ``encode_s`` is a placeholder for the measured LiteRT encoder time; ``raw_pack_s`` is the
     time to pack one raw chunk (a memory copy).

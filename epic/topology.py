@@ -9,6 +9,9 @@ error. Every error names the file, the line, the path of the bad field and the r
 Units are in the field names (``bandwidth_bps``, ``delay_s``, ``distance_m``...). A link
 profile of kind ``dedicated`` gives every device that names it its own copy of the link; a
 ``shared`` profile is one medium (one SimPy Resource) that all its devices contend for.
+A device's ``hardware`` names a class (`epic.hardware`: a preset, or one defined under
+``hardware_classes``) giving its container's CPU quota and memory limit and the model's compute
+time and power; without one, the device keeps the older ``cpu_scale`` and ``compute_w``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pydantic import (
 )
 
 from epic.errors import InputError
+from epic.hardware import HARDWARE_PRESET_NAMES, PRESETS, HardwareClass, _HardwareFieldError
 
 __all__ = [
     "RADIO_PRESET_NAMES",
@@ -42,6 +46,7 @@ __all__ = [
     "DeviceSpec",
     "EnergySpec",
     "FirstOrderEnergy",
+    "HardwareClass",
     "LinkSpec",
     "PresetEnergy",
     "Problem",
@@ -179,9 +184,25 @@ class DeviceSpec(_Model):
     receivers: tuple[NonNegativeInt, NonNegativeInt]
     link: str = Field(description="Name of a profile under `links`.")
     energy: EnergySpec
-    cpu_scale: float = Field(1.0, gt=0, description="Compute time multiplier vs the reference.")
-    compute_w: float = Field(3.0, ge=0, description="Extra power while computing, watts.")
+    hardware: str | None = Field(None, min_length=1, description="A hardware class: a preset "
+                                 "(rpi4, jetson-nano-10w, jetson-nano-5w, x86-gateway) or a "
+                                 "name under `hardware_classes`.")
+    cpu_scale: float = Field(1.0, gt=0, description="Without `hardware` only: compute time "
+                                                    "multiplier vs the reference.")
+    compute_w: float = Field(3.0, ge=0, description="Without `hardware` only: extra power "
+                                                    "while computing, watts.")
     radio_idle_state: Literal["idle", "sleep"] = "idle"
+
+    @model_validator(mode="after")
+    def _class_or_legacy(self) -> DeviceSpec:
+        for name in ("cpu_scale", "compute_w"):  # a default (a dumped model's) is no conflict
+            if (self.hardware is not None and name in self.model_fields_set
+                    and getattr(self, name) != type(self).model_fields[name].default):
+                where = "its `cpu_scale`" if name == "cpu_scale" else "its active_w and idle_w"
+                raise _FieldError((name,), f"the hardware class {self.hardware!r} sets this "
+                                           f"(through {where}); remove it from the device, got "
+                                           f"{getattr(self, name):g}")
+        return self
 
     @property
     def number(self) -> int:
@@ -211,10 +232,18 @@ class Topology(_Model):
     broker: BrokerSpec = BrokerSpec()
     central: CentralSpec
     links: dict[str, LinkSpec] = Field(min_length=1)
+    hardware_classes: dict[str, HardwareClass] = Field(
+        default_factory=dict, description="User-defined hardware classes by name (a preset's "
+                                          "name may not be reused).")
     devices: tuple[DeviceSpec, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Topology:
+        for name in self.hardware_classes:
+            if name in PRESETS:
+                raise _FieldError(("hardware_classes", name), f"{name!r} is a preset's name; "
+                                  f"name the class otherwise (presets: "
+                                  f"{', '.join(HARDWARE_PRESET_NAMES)})")
         seen: dict[str, int] = {}
         for i, device in enumerate(self.devices):
             if device.id in seen:
@@ -224,6 +253,10 @@ class Topology(_Model):
             if device.link not in self.links:
                 raise _FieldError(("devices", i, "link"), f"unknown link {device.link!r}; "
                                   f"defined: {', '.join(sorted(self.links))}")
+            if device.hardware is not None and self.hardware_of(device) is None:
+                known = [*HARDWARE_PRESET_NAMES, *sorted(self.hardware_classes)]
+                raise _FieldError(("devices", i, "hardware"), f"unknown hardware class "
+                                  f"{device.hardware!r}; known: {', '.join(known)}")
         order = sorted(range(len(self.devices)), key=lambda k: self.devices[k].receivers)
         for a, b in itertools.pairwise(order):
             ra, rb = self.devices[a].receivers, self.devices[b].receivers
@@ -235,6 +268,26 @@ class Topology(_Model):
     def link_of(self, device: DeviceSpec) -> LinkSpec:
         """The link profile a device names."""
         return self.links[device.link]
+
+    def hardware_of(self, device: DeviceSpec) -> HardwareClass | None:
+        """The hardware class a device names (its own, else the preset), or None if it names
+        none (or an unknown one, which validation rejects)."""
+        if device.hardware is None:
+            return None
+        own = self.hardware_classes.get(device.hardware)
+        if own is not None:
+            return own
+        preset = PRESETS.get(device.hardware)
+        return preset.hardware if preset is not None else None
+
+    def compute_of(self, device: DeviceSpec) -> tuple[float, float, float]:
+        """The model's compute terms of a device: (time multiplier of the host encode time,
+        active watts, idle watts). With a class: its ``compute_scale``, ``active_w``,
+        ``idle_w``; without: the device's ``cpu_scale``, ``compute_w`` and 0 W."""
+        hw = self.hardware_of(device)
+        if hw is None:
+            return device.cpu_scale, device.compute_w, 0.0
+        return hw.compute_scale, hw.active_w, hw.idle_w
 
 
 @dataclass(frozen=True)
@@ -300,7 +353,7 @@ def _reason(error: dict[str, Any]) -> tuple[tuple, str]:
     """(extra loc, human reason) for one pydantic error dict."""
     kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
     original = ctx.get("error")
-    if isinstance(original, _FieldError):
+    if isinstance(original, _FieldError | _HardwareFieldError):
         return original.loc, original.reason
     bounds = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
               "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}

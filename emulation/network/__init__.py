@@ -3,7 +3,8 @@
 Each device sends, per shot-gather, a sequence of messages (one latent frame in EPIC mode, a
 few raw chunks in centralized mode) over its link. Per message:
 
-1. compute: ``compute_s × cpu_scale`` on the device CPU (one message at a time);
+1. compute: ``compute_s × scale`` on the device CPU (one message at a time; ``scale`` is the
+   device's hardware class's ``compute_scale``, or its ``cpu_scale`` without a class);
 2. segmentation: ``n = ceil(payload / (mtu_bytes - overhead_bytes))`` packets, each with
    ``overhead_bytes`` of headers (a LoRa preset also caps the payload at its LoRaWAN limit);
 3. serialisation: the packets of a round go out back to back, ``bytes·8 / bandwidth_bps``

@@ -112,8 +112,8 @@ class NetworkModel:
                     media[d.link] = (Medium() if closed_form
                                      else simpy.Resource(self.env, capacity=1))
                 medium = media[d.link]
-            self.senders.append(LinkSender(i, d.id, link, radio_energy(d.energy), d.cpu_scale,
-                                        medium, seed))
+            self.senders.append(LinkSender(i, d.id, link, radio_energy(d.energy),
+                                        topology.compute_of(d)[0], medium, seed))
         self._broker_s = topology.broker.processing_s
         self._central_s = topology.central.processing_s
         self._broker_free_s = self._central_free_s = 0.0
@@ -336,14 +336,17 @@ class NetworkModel:
             start_s=table[:, _COLUMN["start_s"]], end_s=table[:, _COLUMN["end_s"]],
             stages_s=table[:, _STAGE_COLUMNS], lost=table[:, _COLUMN["lost"]].astype(bool),
             wire_bytes=ints[:, 3])
-        energy = tuple(
-            device_energy(s.device_id, s.radio, tx_s=s.tx_s, tx_bits=s.tx_bits, rx_s=s.rx_s,
-                          rx_bits=s.rx_bits, compute_s=s.compute_s,
-                          compute_w=self.topology.devices[s.index].compute_w,
-                          horizon_s=horizon_s,
-                          idle_state=self.topology.devices[s.index].radio_idle_state)
-            for s in self.senders)
-        return NetworkResult(frames, energy, int(frames.wire_bytes.sum()), self._down_bytes,
+        energy = []
+        for s in self.senders:
+            device = self.topology.devices[s.index]
+            _, active_w, idle_w = self.topology.compute_of(device)  # its hardware class
+            energy.append(device_energy(
+                s.device_id, s.radio, tx_s=s.tx_s, tx_bits=s.tx_bits, rx_s=s.rx_s,
+                rx_bits=s.rx_bits, compute_s=s.compute_s, compute_w=active_w,
+                compute_idle_w=idle_w, horizon_s=horizon_s,
+                idle_state=device.radio_idle_state))
+        return NetworkResult(frames, tuple(energy), int(frames.wire_bytes.sum()),
+                             self._down_bytes,
                              horizon_s)
 
 

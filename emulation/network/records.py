@@ -29,7 +29,7 @@ class Message:
     Args:
         payload_bytes: application bytes (frame plus MQTT header), >= 0.
         compute_s: compute time on the reference CPU before it is ready, seconds (scaled by
-            the device's ``cpu_scale``).
+            the device's hardware class, `Topology.compute_of`, or its ``cpu_scale``).
     """
 
     payload_bytes: int

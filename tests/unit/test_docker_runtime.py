@@ -150,6 +150,10 @@ def test_every_spec_agrees_with_its_compose_service(compose, specs, env):
         assert set(spec.labels) - set(compose_labels) == set(RUNTIME_LABELS) - {
             "epic.testbed"}, name
         assert spec.labels["epic.service"] == name
+        # the device's hardware class: CPU quota and memory limit, the same in both
+        cpus = service.get("cpus")
+        assert spec.nano_cpus == (None if cpus is None else round(cpus * 1e9)), name
+        assert spec.mem_limit == service.get("mem_limit"), name
 
 
 def test_specs_follow_the_given_topology_not_the_default(tmp_path):
