@@ -86,6 +86,36 @@ def testbed_compose(topology_path, out, check) -> None:
     click.echo(f"wrote {path} from {topology_path}; run `docker compose up`")
 
 
+@testbed.command("stack")
+@click.option("--topology", "topology_path", default="topology.yaml", show_default=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--out", default="docker-stack.yml", show_default=True,
+              type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--pin", is_flag=True,
+              help="Also place each device by a label of its own (epic.device-N=true).")
+@click.option("--check", is_flag=True,
+              help="Write nothing; exit 1 if --out differs from what would be generated.")
+def testbed_stack(topology_path, out, pin, check) -> None:
+    """Generate docker-stack.yml (Docker Swarm) from the topology; see docs/deployment.md."""
+    import os
+
+    from emulation.swarm import stack_text, write_stack
+    from epic.errors import InputError
+    from epic.topology import load_topology
+
+    if check:
+        source = os.path.relpath(Path(topology_path).resolve(), Path(out).resolve().parent)
+        want = stack_text(load_topology(topology_path), source=source, pin=pin)
+        if not Path(out).is_file() or Path(out).read_text() != want:
+            raise InputError(f"{out} is not generated from {topology_path}; run `epic "
+                             f"testbed stack --topology {topology_path} --out {out}`")
+        click.echo(f"{out} matches {topology_path}")
+        return
+    path = write_stack(topology_path, out, pin=pin)
+    click.echo(f"wrote {path} from {topology_path}; then `docker stack deploy -c {out} epic` "
+               "(docs/deployment.md)")
+
+
 @testbed.command("status")
 @click.option("--dir", "rundir", default="runs/testbed", show_default=True,
               type=click.Path(path_type=Path))
