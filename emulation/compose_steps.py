@@ -220,7 +220,8 @@ def _summary(rundir: Path, records: list[Result], mode: str, gathers: int, rate:
     files = RunDir(rundir)
     after = {d: _read_or_none(files.proxy_status(d), ProxyStatus) for d in devices}
     before = dict.fromkeys(devices)  # None: the proxies started at 0 with this run
-    summary = summarize_mode(mode, records, before, after) if records else None
+    compute_w = {d.id: topology.compute_of(d)[1:] for d in topology.devices}
+    summary = summarize_mode(mode, records, before, after, compute_w) if records else None
     if summary is not None:
         summary["fidelity_cost"] = fidelity_cost(records, [], None)
         agents = [_read_or_none(files.agent_stats(d), AgentSummary) for d in devices]

@@ -14,7 +14,10 @@ It returns (and writes to ``json_out`` and RUNDIR/replay.json) per mode:
   ``link_broker`` (encode end to central's receipt of the device's last frame), ``assembly``
   (to the decode start: waiting for the other devices) and ``decode``;
 - bytes per gather (central's wire bytes; the proxies' link bytes with headers and resends);
-- energy per device, joules, from the deltas of the proxies' status files;
+- energy per device, joules: radio from the deltas of the proxies' status files; compute from
+  the device's hardware class (``active_w`` × its encode time, the capture-to-encode-end of
+  each of its gathers in central's records, + ``idle_w`` × the rest of its proxy's uptime
+  over the mode; without a class, ``compute_w`` × encode time), and their sum;
 - fidelity (mean MAE/RMSE/SSIM when central had ``--truth``), and ratios raw over EPIC;
 - gathers central dropped (no device complete at its deadline: ``dropped``, each with the
   reason, seen as soon as central records it, not at the timeout);
@@ -153,17 +156,23 @@ def fidelity_cost(records: list[Result], earlier: list[Result],
 
 def summarize_mode(mode: str, records: list[Result],
                    before: Mapping[str, ProxyStatus | None],
-                   after: Mapping[str, ProxyStatus | None]) -> dict:
+                   after: Mapping[str, ProxyStatus | None],
+                   compute_w: Mapping[str, tuple[float, float]] | None = None) -> dict:
     """One mode's measurements from its results.jsonl records and proxy status snapshots.
 
     ``before``/``after``: each device's proxy status at the start and end of the mode; None
-    means zero (a proxy that started with the run, or wrote no status).
+    means zero (a proxy that started with the run, or wrote no status). ``compute_w``: each
+    device's (active, idle) compute power, watts (`Topology.compute_of`); None books no
+    compute energy.
     """
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     capture, publish = [], []
+    busy_s: dict[str, float] = {}  # encode seconds per device
     for rec in records:
         end_s, start_s = rec.decode_end_ns / 1e9, rec.decode_start_ns / 1e9
-        for receipt in rec.devices.values():
+        for device, receipt in rec.devices.items():
+            busy_s[device] = busy_s.get(device, 0.0) + (receipt.encode_end_ns
+                                                        - receipt.capture_ns) / 1e9
             capture_s, encode_end_s = receipt.capture_ns / 1e9, receipt.encode_end_ns / 1e9
             receive_s = receipt.receive_ns / 1e9
             capture.append(end_s - capture_s)
@@ -180,6 +189,13 @@ def summarize_mode(mode: str, records: list[Result],
                                            - (old.up_wire_bytes if old else 0))
         energy[device]["resent_rounds"] = ((now.resent_rounds if now else 0)
                                            - (old.resent_rounds if old else 0))
+        if compute_w is not None and device in compute_w:
+            active_w, idle_w = compute_w[device]
+            busy = busy_s.get(device, 0.0)
+            span_s = max((now.uptime_s if now else 0.0) - (old.uptime_s if old else 0.0), busy)
+            compute = active_w * busy + idle_w * (span_s - busy)
+            energy[device].update(compute=compute, encode_s=busy, span_s=span_s,
+                                  total=energy[device].get("radio", 0.0) + compute)
     metrics = [r.metrics for r in records if r.metrics]
     fidelity = ({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
                 if metrics else None)
@@ -205,6 +221,9 @@ def summarize_mode(mode: str, records: list[Result],
         "link_bytes_per_gather": sum(e["up_wire_bytes"] for e in energy.values()) / n,
         "energy_j": energy,
         "comm_j": float(sum(e.get("comm", 0.0) for e in energy.values())),
+        "radio_j": float(sum(e.get("radio", 0.0) for e in energy.values())),
+        "compute_j": (float(sum(e.get("compute", 0.0) for e in energy.values()))
+                      if compute_w is not None else None),
         "fidelity": fidelity,
     }
 
@@ -277,7 +296,9 @@ def replay(rundir: Path, data: Path, shots: int, mode: str = "both", rate: str =
         records, dropped = _wait_decoded(rundir, m, gather_ids, skip, skip_dropped, timeout_s)
         wall_s = time.time() - started  # not counting the wait for fresh proxy status files
         after = _fresh_snapshot(rundir, info.devices, time.time() + 0.05)
-        summaries[m] = summarize_mode(m, records, before, after)
+        topology = load_topology(info.topology)
+        summaries[m] = summarize_mode(m, records, before, after,
+                                      {d.id: topology.compute_of(d)[1:] for d in topology.devices})
         summaries[m]["dropped"] = [{"gather": r.gather, "reason": r.reason,
                                     "incomplete": list(r.incomplete)}
                                    for r in sorted(dropped, key=lambda r: r.gather)]
@@ -357,7 +378,10 @@ def _predict(topology_path: str, modes: tuple[str, ...], shots: int,
         out["modes"][m.mode] = {
             "gather_latency_s": {"p50": m.gather_latency_s.p50, "p95": m.gather_latency_s.p95,
                                  "p99": m.gather_latency_s.p99},
-            "comm_j": m.comm_j, "uplink_bytes_per_gather": m.uplink_bytes / shots}
+            "comm_j": m.comm_j, "uplink_bytes_per_gather": m.uplink_bytes / shots,
+            "energy_j": {e.device_id: {"compute": e.compute_j, "radio": e.radio_j,
+                                       "total": e.total_j} for e in m.energy},
+            "encode_s": m.stage_mean_s["compute"]}
     if sim.ratios is not None:
         out["ratios"] = {"latency_p50": sim.ratios.latency_p50,
                          "energy_comm": sim.ratios.energy_comm, "bytes": sim.ratios.bytes}

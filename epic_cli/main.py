@@ -311,6 +311,13 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
                    f"{lat.p95 * 1e3:8.1f} ms  p99 {lat.p99 * 1e3:8.1f} ms  uplink "
                    f"{summary.uplink_bytes:,} B  comm energy {summary.comm_j:.3f} J  "
                    f"lost {summary.frames_lost}/{summary.frames}")
+        compute_j = sum(e.compute_j for e in summary.energy)
+        radio_j = sum(e.radio_j for e in summary.energy)
+        click.echo(f"      device energy: compute {compute_j:.3f} J + radio {radio_j:.3f} J "
+                   f"= {compute_j + radio_j:.3f} J (hardware class + radio)")
+        for e in summary.energy if len(summary.energy) <= 8 else ():
+            click.echo(f"        {e.device_id}: compute {e.compute_j:.3f} J + radio "
+                       f"{e.radio_j:.3f} J = {e.total_j:.3f} J")
     if result.ratios is not None:
         r = result.ratios
         click.echo(f"raw/EPIC: latency p50 {r.latency_p50:.1f}x, communication energy "

@@ -18,7 +18,7 @@ epic_link_reloads_total                     counter    device
 epic_link_bandwidth_bps                     gauge      device
 epic_link_loss_ratio                        gauge      device
 epic_radio_energy_joules_total              counter    device, state (tx, rx, idle, sleep)
-epic_compute_energy_joules_total            counter    device (compute_w x encode time)
+epic_compute_energy_joules_total            counter    device (active_w x encode + idle_w x rest)
 epic_device_up                              gauge      device (0 once kill-device marks it)
 epic_gathers_decoded_total                  counter    mode (epic, raw)
 epic_gathers_partial_total                  counter    mode
@@ -114,7 +114,8 @@ class StateCollector:
                                   (d.get("energy_j") or {}).get(radio_state, 0.0))
         yield energy
         yield per_device("epic_compute_energy_joules", "A device's compute energy, joules "
-                         "(its class's compute_w times its encode time).", "compute_j")
+                         "(its hardware class's active_w times its encode time plus idle_w "
+                         "times the rest of its uptime).", "compute_j")
         up = GaugeMetricFamily("epic_device_up", "1 unless kill-device marked the device "
                                "dead.", labels=["device"])
         for d in devices:

@@ -334,7 +334,19 @@ class DashboardState:
             if last_reload is not None and count > last_reload[0] and proxy is not None:
                 self._event(now_s, "reload", f"{device}: link reloaded "
                             f"({_link_text(proxy.link_spec)})")
-        compute_w = getattr(spec, "compute_w", None)
+        # compute energy from the device's hardware class: active_w while encoding, idle_w
+        # for the rest of its proxy's uptime (the radio's horizon); without a class, the
+        # older compute_w × encode time
+        topology = self.source.topology() if spec is not None else None
+        hardware = topology.hardware_of(spec) if topology is not None else None
+        compute_w = hardware.active_w if hardware is not None else getattr(spec, "compute_w",
+                                                                          None)
+        busy_s = self.compute_s.get(device, 0.0)
+        if hardware is not None:
+            compute_j = hardware.compute_energy_j(
+                busy_s, max(proxy.uptime_s if proxy is not None else 0.0, busy_s))
+        else:
+            compute_j = compute_w * busy_s if compute_w is not None else None
         status = central.device_status.get(device) if central is not None else None
         if device in dead:
             link_state = "dead"
@@ -368,9 +380,9 @@ class DashboardState:
             "reloaded_recently": now_s - self._last_reload[device][1] < _RECENT_S,
             "energy_j": {k: getattr(energy, k) if energy is not None else 0.0
                          for k in ("tx", "rx", "idle", "sleep", "radio", "comm")},
-            "compute_j": (compute_w * self.compute_s.get(device, 0.0)
-                          if compute_w is not None else None),
-            "compute_w": compute_w, **rates,
+            "compute_j": compute_j, "compute_w": compute_w,
+            "hardware": getattr(spec, "hardware", None),
+            "idle_w": hardware.idle_w if hardware is not None else None, **rates,
         }
 
     def _last_replay(self) -> dict | None:

@@ -91,11 +91,20 @@ def _mode_table(s: dict) -> list[str]:
         lines.append(f"| {name} | {_ms(p['p50'])} | {_ms(p['p95'])} | {_ms(p['p99'])} |")
     lines += ["", f"Bytes per gather: {s['bytes_per_gather']:,.0f} (frames), "
                   f"{s['link_bytes_per_gather']:,.0f} (on the emulated links, with headers and "
-                  f"resends).", "", "| device | comm J | tx J | rx J | link bytes |",
-              "|---|---:|---:|---:|---:|"]
+                  f"resends).", "",
+              "| device | compute J | radio J | total J | comm J | tx J | rx J | link bytes |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def joules(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
     for device, e in s["energy_j"].items():
-        lines.append(f"| {device} | {e['comm']:.4f} | {e['tx']:.4f} | {e['rx']:.4f} | "
-                     f"{e['up_wire_bytes']:,} |")
+        lines.append(f"| {device} | {joules(e.get('compute'))} | {joules(e.get('radio'))} | "
+                     f"{joules(e.get('total'))} | {e['comm']:.4f} | {e['tx']:.4f} | "
+                     f"{e['rx']:.4f} | {e['up_wire_bytes']:,} |")
+    lines += ["", "Compute energy: the device's hardware class, active power over its encode "
+                  "time plus idle power over the rest of the mode (docs/topology.md); radio: "
+                  "its link proxy's books (tx, rx, idle, sleep)."]
     fid = s.get("fidelity")
     lines += ["", ("Fidelity: " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in fid.items())
                    if fid else "Fidelity: n/a (no map or no --truth)"), ""]
@@ -104,6 +113,10 @@ def _mode_table(s: dict) -> list[str]:
         lines += ["Faults and partial decodes (central decoded at its deadline without the "
                   "absent devices):", "", *(f"- {line}" for line in faults), ""]
     return lines
+
+
+def _j(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _plot_latency(modes: dict, path: Path) -> None:
@@ -221,6 +234,21 @@ def write_report(rundir: Path, out_dir: Path) -> Path:
             lines.append(f"| {name} | {_ms(sum(link) if None not in link else None)} | "
                          f"{_ms(m['gather_latency_s']['p50'])} | {modes[name]['comm_j']:.4f} |"
                          f" {m['comm_j']:.4f} |")
+        lines.append("")
+        lines += ["Encode time and compute energy on the devices' hardware classes (the model's "
+                  "span is gathers x interval, the live one each proxy's uptime over the mode):",
+                  "", "| mode | live encode p50 (ms) | model encode (ms) | live compute J | "
+                  "model compute J | live radio J | model radio J |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, m in pred["modes"].items():
+            live, energy = modes[name], m.get("energy_j") or {}
+            model_compute = sum(e["compute"] for e in energy.values()) if energy else None
+            model_radio = sum(e["radio"] for e in energy.values()) if energy else None
+            lines.append(
+                f"| {name} | {_ms(live['stages_s']['encode']['p50'])} | "
+                f"{_ms(m.get('encode_s'))} | "
+                f"{_j(live.get('compute_j'))} | {_j(model_compute)} | "
+                f"{_j(live.get('radio_j'))} | {_j(model_radio)} |")
         lines.append("")
     _plot_latency(modes, out_dir / "latency.png")
     _plot_energy(modes, out_dir / "energy.png")
