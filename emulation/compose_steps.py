@@ -244,11 +244,16 @@ def _summary(rundir: Path, records: list[Result], mode: str, gathers: int, rate:
 def collect(rundir: Path, out: Path, gathers: int, mode: str, rate: str = "realtime",
             owner_of: Path | None = None, shown_as: str | None = None,
             timeout_s: float = 120.0, data: Path | None = None,
-            devices_dir: Path | None = None) -> bool:
+            devices_dir: Path | None = None,
+            deployment: str = "compose") -> bool:
     """The ``results`` service; True if every gather was decoded.
 
     ``data``: the gathers and true maps (default R/data); ``devices_dir``: the devices' own
-    volumes, whose agent stats are copied into R first."""
+    volumes, whose agent stats are copied into R first. ``deployment``: "compose" or "swarm",
+    for the commands the log lines name."""
+    logs_cmd, down_cmd = {"compose": ("docker compose logs central", "docker compose down -v"),
+                          "swarm": ("docker service logs <stack>_central",
+                                    "docker stack rm <stack>")}[deployment]
     if devices_dir is not None and devices_dir.is_dir():
         for own in sorted(p for p in devices_dir.iterdir() if p.is_dir()):
             for stats in own.glob(RunDir.AGENT_GLOB):
@@ -294,13 +299,13 @@ def collect(rundir: Path, out: Path, gathers: int, mode: str, rate: str = "realt
                  ", ".join(f"{k.upper()} {v:.4f}" for k, v in fid.items()) if fid
                  else "no fidelity (no true maps)")
     if missing:
-        log.error("results: no decode for gathers %s within %.0f s; see `docker compose logs "
-                  "central`", missing, timeout_s)
+        log.error("results: no decode for gathers %s within %.0f s; see `%s`", missing,
+                  timeout_s, logs_cmd)
     log.info("results: written to %s (results.jsonl, maps/<mode>-<gather>.npy, replay.json, "
              "status files); `epic report %s --out reports/compose` makes the report", where,
              where)
-    log.info("results: done. Broker, central and link proxies keep running: Ctrl-C, then "
-             "`docker compose down -v` removes everything (containers, networks, credentials)")
+    log.info("results: done. Broker, central and link proxies keep running: `%s` removes "
+             "everything (containers, networks, credentials)", down_cmd)
     return not missing
 
 
@@ -354,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=120.0)
     p.add_argument("--data", type=Path, default=None)
     p.add_argument("--devices-dir", type=Path, default=None)
+    p.add_argument("--deployment", choices=("compose", "swarm"), default="compose")
     p = sub.add_parser("pack-demo")
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
@@ -366,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.step == "collect":
             return 0 if collect(args.rundir, args.out, args.gathers, args.mode, args.rate,
                                 args.owner_of, args.shown_as, args.timeout_s, args.data,
-                                args.devices_dir) else 1
+                                args.devices_dir, args.deployment) else 1
         else:
             log.info("packed into %s", pack_demo(args.source, args.out, args.count))
     except InputError as exc:  # also DataError, TopologyError
