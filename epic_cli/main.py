@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from epic.errors import EXIT_STATUS, InputError, RunError
 from epic_cli.testbed import dashboard_cmd, replay_cmd, report_cmd, testbed
@@ -72,6 +71,8 @@ def data_synth(dataset, count, seed, out_dir, maps_path, threads, batch_size, ov
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def data_info(directory: Path, as_json: bool) -> None:
     """Print the shards, shapes, value ranges and dataset card of DIRECTORY."""
+    import numpy as np
+
     from epic.data.openfwi import find_shards, load_data, load_velocity
     from epic.data.synth import read_card
 
