@@ -23,6 +23,9 @@ $(VENV)/.installed: pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
 	$(PIP) install -q --disable-pip-version-check -e '.[dev,export,docker,dashboard]'
+	# bytecode now: with PYTHONDONTWRITEBYTECODE set, every agent launch would compile ~800
+	# modules (0.25 s) otherwise
+	$(PY) -m compileall -q -j 0 epic devices central emulation epic_cli
 	@touch $@
 
 # The main job: synthesise DEMO_SHOTS shot-gathers from real FlatVel-A test maps (generated maps when

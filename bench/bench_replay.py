@@ -1,6 +1,6 @@
 """Benchmark: replay throughput, EPIC mode over unshaped links (issue: testbed).
 
-    .venv/bin/python bench/bench_replay.py --count 80 --json runs/bench-replay/result.json
+    .venv/bin/python bench/bench_replay.py --count 80 --json /tmp/bench-replay.json
 
 Brings up its own process-mode testbed (own Mosquitto, link proxies, central) on a copy of
 ``topology.yaml`` whose devices each get a dedicated, unshaped link (1 Tbit/s, no delay, no
@@ -27,7 +27,8 @@ jitter, no loss), replays ``--count`` gathers with ``epic replay --mode epic --r
 
 Data: ``--data DIR`` if it holds ``--count`` gathers, else ``epic data synth --dataset
 flatvel-a`` (generated maps, ``--seed``) into ``OUT/data`` (made once, then reused). Nothing is
-written outside ``--out`` (default runs/bench-replay). The machine is rarely idle: compare
+written outside ``--out`` (default ``<tempdir>/epic-bench-replay``, outside the repository;
+kept between runs so that the synthesised data is made once). The machine is rarely idle: compare
 figures only with a baseline measured in the same session.
 """
 
@@ -41,6 +42,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -206,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="synthesis seed")
     parser.add_argument("--topology", type=Path, default=REPO / "topology.yaml",
                         help="topology whose devices are kept (links are replaced)")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-replay")
+    parser.add_argument("--out", type=Path,
+                        default=Path(tempfile.gettempdir()) / "epic-bench-replay",
+                        help="work directory, outside the repository by default")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument("--timeout-s", type=float, default=300.0)
     args = parser.parse_args(argv)

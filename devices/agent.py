@@ -44,10 +44,10 @@ from epic import wire
 from epic.broker import load_runtime
 from epic.data.openfwi import OpenFWIDataset
 from epic.data.stream import GatherAssembler, replay_gather
+from epic.devicespec import DEVICE_SPECS_FILE, DeviceEntry, read_device_specs
 from epic.errors import InputError
 from epic.mqtt import MqttConnectError, MqttSettings, SessionClient
 from epic.rundir import AgentSummary, EncodeTimes, RunDir, write_record
-from epic.topology import load_topology
 
 __all__ = ["AgentStats", "DeviceAgent", "main"]
 
@@ -94,14 +94,14 @@ class DeviceAgent:
     def __init__(self, device_number: int, topology_path: Path, rundir: Path, mode: str,
                  encoders: Path | None = None, broker_host: str | None = None,
                  broker_port: int | None = None, threads: int = 1) -> None:
-        topology = load_topology(topology_path)
-        spec = next((d for d in topology.devices if d.number == device_number), None)
+        testbed, devices = _devices(topology_path, rundir)
+        spec = next((d for d in devices if d.number == device_number), None)
         if spec is None:
-            ids = ", ".join(d.id for d in topology.devices)
+            ids = ", ".join(d.id for d in devices)
             raise InputError(f"--device-id {device_number}: not in {topology_path} ({ids})")
         if mode not in ("epic", "raw"):
             raise InputError(f"--mode must be epic or raw, got {mode!r}")
-        self.spec, self.testbed, self.mode = spec, topology.testbed, mode
+        self.spec, self.testbed, self.mode = spec, testbed, mode
         self.stats = AgentStats(device=spec.id, mode=mode)
         self.runtime = None
         if mode == "epic":
@@ -176,14 +176,17 @@ class DeviceAgent:
             self.stats.bytes_published += len(data)
         self.stats.gathers_published += 1
 
-    def replay(self, data_dir: Path, gathers: int | None, start: int = 0,
+    def replay(self, data: Path | OpenFWIDataset, gathers: int | None, start: int = 0,
                realtime: bool = False, start_at_unix_s: float | None = None) -> None:
-        """Stream gathers ``start .. start + gathers`` of ``data_dir`` through the encoder.
+        """Stream gathers ``start .. start + gathers`` of ``data`` (a directory, or the
+        dataset already opened) through the encoder.
 
         ``start_at_unix_s``: the shared start instant T (wall clock, s); the agent sleeps until
         T, and in real time gather k's stream starts at T + k x gather duration.
         """
-        ds = OpenFWIDataset(data_dir, require_models=False)
+        ds = (data if isinstance(data, OpenFWIDataset)
+              else OpenFWIDataset(data, require_models=False, check_finite=False))
+        data_dir = ds.directory
         stop = len(ds) if gathers is None else min(len(ds), start + gathers)
         if start >= stop:
             raise InputError(f"--start {start}: {data_dir} holds {len(ds)} gathers")
@@ -244,6 +247,22 @@ class DeviceAgent:
         self.client.close()
 
 
+def _devices(topology_path: Path, rundir: Path) -> tuple[str, tuple[DeviceEntry, ...]]:
+    """The testbed name and its devices: from RUNDIR/devices.json when ``topology_path`` is
+    the run directory's topology copy it was written from (see :mod:`epic.devicespec`; no
+    pydantic or YAML import), else from the topology file itself."""
+    specs_path = Path(rundir) / DEVICE_SPECS_FILE
+    if specs_path.is_file():
+        specs = read_device_specs(specs_path)
+        if specs.topology == Path(topology_path).resolve():
+            return specs.testbed, specs.devices
+    from epic.topology import load_topology  # pydantic + YAML: about 0.2 s of imports
+
+    topology = load_topology(topology_path)
+    return topology.testbed, tuple(DeviceEntry(d.id, d.number, tuple(d.receivers))
+                                   for d in topology.devices)
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"EPIC_{name}", default)
 
@@ -279,12 +298,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        OpenFWIDataset(args.data, require_models=False)  # bad data fails before connecting
+        # bad data fails before connecting; opened once, without scanning every shard for
+        # NaN/Inf: each gather is checked before it is encoded or sent (publish_gather)
+        dataset = OpenFWIDataset(args.data, require_models=False, check_finite=False)
         agent = DeviceAgent(int(args.device_id), args.topology, args.rundir, args.mode,
                             args.encoders, args.broker_host, args.broker_port, args.threads)
         agent.start()
         try:
-            agent.replay(args.data, None if args.gathers is None else int(args.gathers),
+            agent.replay(dataset, None if args.gathers is None else int(args.gathers),
                          args.start, realtime=args.rate == "realtime",
                          start_at_unix_s=None if args.start_at_unix_s is None
                          else float(args.start_at_unix_s))

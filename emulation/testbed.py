@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from epic.broker import REPO, BrokerRuntime, prepare_runtime
+from epic.devicespec import DEVICE_SPECS_FILE, write_device_specs
 from epic.errors import InputError
 from epic.rundir import RunDir
 from epic.topology import Topology, check_model_slots, load_topology
@@ -83,6 +84,9 @@ def _broker_runtime(topology_path: Path, topology: Topology, rundir: Path, *, ho
     files = RunDir(runtime.rundir)
     if Path(topology_path).resolve() != files.topology:  # the roles watch a copy
         shutil.copyfile(topology_path, files.topology)
+    # the agents read their devices from this, not from the YAML (no pydantic at launch)
+    write_device_specs(files.root / DEVICE_SPECS_FILE, topology.testbed, files.topology,
+                       topology.devices)
     return runtime
 
 

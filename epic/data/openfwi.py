@@ -110,8 +110,10 @@ def get_dataset(name: str) -> DatasetSpec:
     raise InputError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 
-def check_array(array: np.ndarray, item_shape: tuple[int, ...], source: str) -> None:
-    """Check that ``array`` is float32 of shape ``(N, *item_shape)``, N >= 1, all finite.
+def check_array(array: np.ndarray, item_shape: tuple[int, ...], source: str,
+                check_finite: bool = True) -> None:
+    """Check that ``array`` is float32 of shape ``(N, *item_shape)``, N >= 1, all finite
+    (with ``check_finite=False`` no sample is read: dtype, shape and N only).
 
     Raises:
         DataError: naming ``source`` and the problem. Finiteness is checked in chunks, so a
@@ -124,7 +126,7 @@ def check_array(array: np.ndarray, item_shape: tuple[int, ...], source: str) -> 
         raise DataError(f"{source}: shape is {tuple(array.shape)}, expected (N, {expected})")
     if array.shape[0] == 0:
         raise DataError(f"{source}: holds no samples (N = 0)")
-    for start in range(0, array.shape[0], 64):
+    for start in range(0, array.shape[0] if check_finite else 0, 64):
         chunk = np.asarray(array[start : start + 64])
         if not np.isfinite(chunk).all():
             bad = start + int(np.argwhere(~np.isfinite(chunk))[0][0])
@@ -141,7 +143,8 @@ def _check_npy_magic(head: bytes, source: str) -> None:
                         f"\\x93NUMPY magic; its first bytes are {head[:8]!r})")
 
 
-def _load_npy(path: Path, item_shape: tuple[int, ...], mmap: bool) -> np.ndarray:
+def _load_npy(path: Path, item_shape: tuple[int, ...], mmap: bool,
+              check_finite: bool = True) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
@@ -152,18 +155,21 @@ def _load_npy(path: Path, item_shape: tuple[int, ...], mmap: bool) -> np.ndarray
         raise
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy file ({exc})") from None
-    check_array(array, item_shape, str(path))
+    # check_finite=False: dtype and shape only; the caller checks each sample it reads
+    check_array(array, item_shape, str(path), check_finite=check_finite)
     return array
 
 
-def load_data(path: str | Path, mmap: bool = True) -> np.ndarray:
-    """Load a seismic shard, ``(N, 5, 1000, 70)`` float32, memory-mapped by default."""
-    return _load_npy(Path(path), DATA_SHAPE, mmap)
+def load_data(path: str | Path, mmap: bool = True, check_finite: bool = True) -> np.ndarray:
+    """Load a seismic shard, ``(N, 5, 1000, 70)`` float32, memory-mapped by default; with
+    ``check_finite=False`` the shard is not scanned for NaN/Inf (the caller checks what it
+    reads)."""
+    return _load_npy(Path(path), DATA_SHAPE, mmap, check_finite)
 
 
-def load_velocity(path: str | Path, mmap: bool = True) -> np.ndarray:
+def load_velocity(path: str | Path, mmap: bool = True, check_finite: bool = True) -> np.ndarray:
     """Load a velocity shard, ``(N, 1, 70, 70)`` float32 in m/s, memory-mapped by default."""
-    return _load_npy(Path(path), MODEL_SHAPE, mmap)
+    return _load_npy(Path(path), MODEL_SHAPE, mmap, check_finite)
 
 
 def read_velocity_maps(path: str | Path, limit: int | None = None) -> np.ndarray:
@@ -264,16 +270,20 @@ class OpenFWIDataset:
 
     ``dataset[i]`` gives ``(data, velocity)``: raw ``(5, 1000, 70)`` float32 amplitudes and
     ``(1, 70, 70)`` float32 m/s (velocity is None where the directory has no model shards and
-    ``require_models`` is False).
+    ``require_models`` is False). With ``check_finite=False`` the shards are not scanned for
+    NaN/Inf on open (a reader that checks every sample it takes, like the device agent, skips
+    reading each shard whole).
     """
 
-    def __init__(self, directory: str | Path, require_models: bool = True) -> None:
+    def __init__(self, directory: str | Path, require_models: bool = True,
+                 check_finite: bool = True) -> None:
         self.directory = Path(directory)
         self._data: list[np.ndarray] = []
         self._models: list[np.ndarray | None] = []
         for pair in find_shards(self.directory, require_models):
-            data = load_data(pair.data_path)
-            model = load_velocity(pair.model_path) if pair.model_path else None
+            data = load_data(pair.data_path, check_finite=check_finite)
+            model = (load_velocity(pair.model_path, check_finite=check_finite)
+                     if pair.model_path else None)
             if model is not None and len(model) != len(data):
                 raise DataError(
                     f"{pair.model_path}: {len(model)} maps, but {pair.data_path.name} "

@@ -225,12 +225,18 @@ class EncoderRuntime:
         """Raw ``(5, 1000, n_rx)`` float32 amplitudes -> :class:`Latent` (int8 values
         ``(n_rx, token_dim)``, scale, zero point)."""
         x = normalize_data(self.check_gather(gather_raw), self.data_min, self.data_max)
+        # the same float32 operations as ``clip(rint(x / scale) + zero_point)``, in place in
+        # normalize_data's fresh buffer, written straight into the interpreter's input tensor
+        # (no set_tensor copy); each pass over the 70,000 samples costs ~10 us against a
+        # ~0.3 ms invoke, so a temporary per step was a quarter of the encode
         if self.input_dtype == np.int8:
-            x = np.clip(np.rint(x / self.input_scale) + self.input_zero_point, -128, 127)
-            x = x.astype(np.int8)
-        self._interpreter.set_tensor(self._in["index"], x[None])
+            np.divide(x, np.float32(self.input_scale), out=x)
+            np.rint(x, out=x)
+            np.add(x, np.float32(self.input_zero_point), out=x)
+            np.clip(x, -128, 127, out=x)
+        np.copyto(self._interpreter.tensor(self._in["index"])()[0], x, casting="unsafe")
         self._interpreter.invoke()
-        values = self._interpreter.get_tensor(self._out["index"])[0].copy()
+        values = self._interpreter.get_tensor(self._out["index"])[0]
         return Latent(values, self.output_scale, self.output_zero_point)
 
     def io_spec(self, which: str) -> dict:
