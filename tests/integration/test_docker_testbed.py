@@ -123,3 +123,33 @@ def test_docker_testbed_up_replay_faults_down(tmp_path, tiny_dataset):
     assert runtime.down() == []  # a second down is a no-op
     with pytest.raises(InputError, match="no docker testbed"):
         runtime.status()
+
+
+def test_containers_and_processes_decode_the_same_gathers_alike(tmp_path, tiny_dataset):
+    """The same gathers, EPIC and raw, through the container testbed (central on ONNX Runtime
+    in its torch-free image) and the process testbed (central on the torch checkpoints): the
+    same fidelity, gather by gather, at the precision results.jsonl records (6 decimals)."""
+    from emulation.runtime import ProcessRuntime
+
+    raw_ckpt = REPO / "artifacts" / "inversionnet-flatvel-a.pt"
+    metrics = {}
+    for kind, runtime in (("process", ProcessRuntime(tmp_path / "proc")),
+                          ("docker", DockerRuntime(tmp_path / "dock", build=True,
+                                                   publish_broker=False))):
+        try:
+            runtime.up(_fast_topology(tmp_path), raw_checkpoint=raw_ckpt, truth=tiny_dataset,
+                       timeout_s=300)
+            result = replay(runtime.rundir, tiny_dataset, 2, "both", "max", timeout_s=300)
+            assert all(m["gathers"] == 2 and m["partial"] == 0
+                       for m in result["modes"].values()), result["modes"]
+            records = [json.loads(line) for line in
+                       (runtime.rundir / "results.jsonl").read_text().splitlines()]
+            metrics[kind] = {(r["mode"], r["gather"]): r["metrics"] for r in records}
+        finally:
+            runtime.down(timeout_s=10)
+    assert set(metrics["docker"]) == {(m, g) for m in ("latent", "raw") for g in (0, 1)}
+    for key, expected in metrics["process"].items():
+        got = metrics["docker"][key]
+        assert got.keys() == expected.keys(), key
+        for name, value in expected.items():  # ONNX Runtime vs torch: |dMAE| ~ 1e-9
+            assert got[name] == pytest.approx(value, abs=2e-6), (key, name, got, expected)
