@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 		echo "setup: chromium not installed; the dashboard's browser tests will skip"
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[dev,export,docker,dashboard]'
+	$(PIP) install -q --disable-pip-version-check -e '.[dev,export,docker,dashboard,sweeps]'
 	# bytecode now: with PYTHONDONTWRITEBYTECODE set, every agent launch would compile ~800
 	# modules (0.25 s) otherwise
 	$(PY) -m compileall -q -j 0 epic devices central emulation epic_cli

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -413,16 +414,25 @@ _CSV_COLUMNS = ("key", "value", "mode", "latency_p50_s", "latency_p95_s", "laten
 
 def sweep(topology: Topology, key: str, values: tuple[float, ...], out_dir: str | Path, *,
           shots: int = 20, seed: int = 0, frame_sizes: FrameSizes = FrameSizes(),
-          compute: ComputeTimes = ComputeTimes(), interval_s: float = 1.0) -> SweepResult:
+          compute: ComputeTimes = ComputeTimes(), interval_s: float = 1.0,
+          runner: Callable[[list], list[SimulationResult]] | None = None) -> SweepResult:
     """Run `simulate` (both modes) for each value of ``key``; write ``sweep_<key>.csv`` and
-    ``sweep_<key>.png`` under ``out_dir``. Every value is checked before anything is written."""
+    ``sweep_<key>.png`` under ``out_dir``. Every value is checked before anything is written.
+
+    ``runner`` (an `emulation.sweeps.SweepRunner`: local cores or a Dask cluster, results
+    cached by point) runs the points; without one they run here, one after another."""
     check_sweep(topology, key, values, frame_sizes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for value in values:
-        topo, sizes = _vary(topology, frame_sizes, key, value)
-        results.append(simulate(topo, "both", shots, seed, sizes, compute, interval_s))
+    varied = [_vary(topology, frame_sizes, key, value) for value in values]
+    if runner is None:
+        results = [simulate(topo, "both", shots, seed, sizes, compute, interval_s)
+                   for topo, sizes in varied]
+    else:
+        from emulation.sweeps import Point
+
+        results = runner([Point(topo, sizes, shots, seed, compute, interval_s)
+                          for topo, sizes in varied])
     csv_path = out_dir / f"sweep_{key}.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

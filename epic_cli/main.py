@@ -287,11 +287,21 @@ def export_decoders_cmd(epic_checkpoint, inversionnet_checkpoint, out_dir, test_
 @click.option("--sweep", "sweeps", multiple=True,
               help="key=v1,v2,...: repeat over bandwidth_bps, loss, latent_frame_bytes or "
                    "devices; CSV and PNG go beside --json (or to runs/sweeps).")
-def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Run the sweep's points on this Dask scheduler (tcp://host:8786) "
+                   "instead of the local cores.")
+@click.option("--workers", type=int, default=None,
+              help="Local processes for the sweep (default: every core).")
+@click.option("--batch", type=int, default=None,
+              help="Sweep points per task (default: about 4 tasks per worker).")
+def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps, cluster, workers,
+                 batch) -> None:
     """Run the SimPy network model in virtual time: EPIC latents against raw traces.
 
     Any receiver layout is modelled; the output says when the topology could not run on the
-    shipped models (`epic testbed up` would refuse it)."""
+    shipped models (`epic testbed up` would refuse it). A sweep's points run in parallel and
+    each result is kept under OUT/points/ (keyed by a hash of the point), so a sweep run
+    again computes only the points it lacks."""
     from emulation.simulate import check_sweep, parse_sweep, simulate, sweep, wire_frame_sizes
     from epic.published import published_ratios_text
     from epic.topology import load_topology
@@ -329,9 +339,14 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps) -> None:
         click.echo(f"note: modelled, but this topology could not run on the shipped models: "
                    f"{fit.problems[0]}" + (f" (and {more} more devices)" if more else ""))
     out_dir = json_out.parent if json_out else Path("runs/sweeps")
+    runner = None
+    if parsed_sweeps:
+        from emulation.sweeps import SweepRunner
+
+        runner = SweepRunner(out_dir / "points", cluster=cluster, workers=workers, batch=batch)
     for key, values in parsed_sweeps:
         done = sweep(topology, key, values, out_dir, shots=min(shots, 20), seed=seed,
-                     frame_sizes=sizes)
+                     frame_sizes=sizes, runner=runner)
         click.echo(f"sweep {key}: {done.csv_path} {done.png_path}")
 
 
