@@ -153,3 +153,73 @@ def test_containers_and_processes_decode_the_same_gathers_alike(tmp_path, tiny_d
         assert got.keys() == expected.keys(), key
         for name, value in expected.items():  # ONNX Runtime vs torch: |dMAE| ~ 1e-9
             assert got[name] == pytest.approx(value, abs=2e-6), (key, name, got, expected)
+
+
+def _docker_start_instant(client, testbed: str, timeout_s: float = 120.0) -> float:
+    """The running docker replay's shared start T, from its device containers' environment."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        running = client.containers.list(filters={"label": [f"epic.testbed={testbed}",
+                                                            "epic.device"]})
+        for container in running:
+            env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+            if "EPIC_START_AT_UNIX_S" in env:
+                return float(env["EPIC_START_AT_UNIX_S"])
+        assert time.monotonic() < deadline, "no device container started"
+        time.sleep(0.1)
+
+
+def _shared_wifi(tmp_path: Path) -> Path:
+    path = tmp_path / "wifi.yaml"
+    path.write_text((REPO / "topology.yaml").read_text().replace("testbed: epic-5",
+                                                                 "testbed: dfault"))
+    return path
+
+
+def test_docker_link_model_broker_kill_and_device_kill_during_replays(tmp_path,
+                                                                       tiny_dataset):
+    """On containers: (1) every device's link degraded to 4 Mbit/s: the proxies reload it and
+    raw gathers' link latency is the SimPy model's within 10 %; (2) replaying gathers 1-3 in
+    real time (gather k published at T + 5 k s), the broker container is SIGKILLed and
+    restarted as gather 1 is published, and device-2's container is killed (`docker kill`)
+    before gather 2: gather 1 loses nothing, gathers 2-3 are decoded partially without
+    device-2, central stays up, nothing is dropped."""
+    import threading
+
+    client = connect()
+    rundir = tmp_path / "run"
+    runtime = DockerRuntime(rundir, build=True, publish_broker=False)
+    devices = [f"device-{k}" for k in range(1, 6)]
+    try:
+        runtime.up(_shared_wifi(tmp_path), truth=tiny_dataset, timeout_s=300)
+        for device in devices:
+            runtime.degrade_link(device, bandwidth_bps=4e6)
+        for device in devices:
+            _proxy_link(rundir, device, f"wifi-{device}")
+        raw = replay(rundir, tiny_dataset, 1, "raw", "realtime", timeout_s=300)
+        live_s = raw["modes"]["raw"]["stages_s"]["link_broker"]["p50"]
+        model_s = raw["prediction"]["modes"]["raw"]["gather_latency_s"]["p50"]
+        print(f"\nraw link latency, 4 Mbit/s each: live {live_s:.3f} s, model {model_s:.3f} s")
+        assert live_s == pytest.approx(model_s, rel=0.10)
+
+        outcome: dict = {}
+        worker = threading.Thread(target=lambda: outcome.update(
+            replay(rundir, tiny_dataset, 3, "epic", "realtime", start=1, timeout_s=300)))
+        worker.start()
+        start_at = _docker_start_instant(client, "dfault")
+        time.sleep(max(start_at + 5.0 + 0.002 - time.time(), 0))  # the faults' instants
+        runtime.restart_broker(hard=True)
+        time.sleep(max(start_at + 7.5 - time.time(), 0))  # between gathers 1 and 2
+        assert runtime.kill_device("device-2") == "container dfault-device-2"
+        worker.join(300)
+        assert not worker.is_alive() and outcome, "the replay did not finish"
+        epic = outcome["modes"]["epic"]
+        assert epic["dropped"] == [] and epic["gathers"] == 3, epic
+        records = {r["gather"]: r for r in map(json.loads, (rundir / "results.jsonl")
+                                               .read_text().splitlines()) if r["mode"] == "latent"}
+        assert records[1]["present"] == devices, records[1]  # the broker SIGKILL lost nothing
+        for gather in (2, 3):
+            assert records[gather]["absent"] == ["device-2"], records[gather]
+        assert runtime.status().roles["central"].alive
+    finally:
+        runtime.down(timeout_s=10)
