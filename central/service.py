@@ -323,6 +323,11 @@ class CentralService:
                 self.device_status[device] = payload.decode("ascii", "replace")[:16]
                 if payload == STATUS_ONLINE:  # a device (re)connected: it sends again
                     self._extend(time.monotonic(), number, f"{device} connected")
+                    # and confirm again what it has: a broker that saves periodically can
+                    # have lost the retained confirmation, and a copy of a gather central
+                    # already has is never confirmed anew (the device would wait for it)
+                    if any(self.confirmed[number].values()):
+                        self._ack_due.add(number)
             return []
         self.received += 1
         now_s = time.monotonic()

@@ -112,6 +112,7 @@ class DeviceAgent:
             self.runtime = EncoderRuntime.from_manifest(encoders, device_number, threads)
             self.stats.backend = self.runtime.backend
         broker = load_runtime(rundir)
+        self.save_interval_s = broker.save_interval_s  # None: the broker saves every change
         self.rundir = rundir
         self._stats_written_s = -math.inf  # monotonic time of the last stats file write
         settings = MqttSettings(host=broker_host or broker.host, port=broker_port or broker.port,
@@ -238,8 +239,17 @@ class DeviceAgent:
         """Wait until the broker acknowledged and saved every frame (QoS 1; see
         ``SessionClient.flush``), so that exiting now loses none, even if the broker is
         SIGKILLed next. Counting PUBACKs is not enough: births and replayed copies are
-        acknowledged too, so a count can be reached with a frame still unacknowledged."""
-        return self.client.flush(timeout_s)
+        acknowledged too, so a count can be reached with a frame still unacknowledged.
+
+        A broker that saves every ``save_interval_s`` (the testbed's) has saved a frame only
+        at its next periodic save: with frames central has not confirmed, the agent then
+        also waits one interval and a half (confirmed frames need no save: central has them).
+        """
+        if not self.client.flush(timeout_s):
+            return False
+        if self.save_interval_s is not None and self.client.unconfirmed():
+            time.sleep(1.5 * self.save_interval_s)
+        return True
 
     def close(self) -> None:
         self.stats.resent = self.client.replayed

@@ -75,6 +75,8 @@ class BrokerRuntime:
         host, port: where the listener binds (clients connect to host:port).
         passwords: username -> password ("central", "observer", "device-<id>").
         ca_file: the CA certificate clients must trust, or None without TLS.
+        save_interval_s: None: the broker saves its database after every change; else every
+            that many seconds (a SIGKILL loses the changes of the last interval).
     """
 
     rundir: Path
@@ -83,6 +85,7 @@ class BrokerRuntime:
     port: int
     passwords: dict[str, str] = field(repr=False)
     ca_file: Path | None = None
+    save_interval_s: int | None = None
 
     @property
     def conf_path(self) -> Path:
@@ -164,7 +167,8 @@ def prepare_runtime(rundir: Path, *, testbed: str, device_ids: Sequence[int], po
                     host: str = "127.0.0.1", bind_address: str | None = None,
                     tls: bool = False, conf_template: Path = DEFAULT_CONF_TEMPLATE,
                     acl_template: Path = DEFAULT_ACL_TEMPLATE,
-                    user: str | None = None) -> BrokerRuntime:
+                    user: str | None = None,
+                    save_interval_s: int | None = None) -> BrokerRuntime:
     """Write credentials, ACL and a concrete mosquitto.conf into ``rundir``.
 
     Args:
@@ -176,8 +180,16 @@ def prepare_runtime(rundir: Path, *, testbed: str, device_ids: Sequence[int], po
         host: address clients use; bind_address defaults to it.
         tls: also make a self-signed CA and server certificate and listen with TLS.
         user: OS user mosquitto switches to when started as root (default: current user).
+        save_interval_s: None (default): the broker saves its database after every change, so
+            a SIGKILL loses at most its last event-loop pass, whatever the clients do; an int
+            N >= 1: every N seconds, far cheaper, for clients that recover the last N seconds
+            themselves (the testbed's devices keep every frame until central confirms it).
     """
     validate_name(testbed)
+    if save_interval_s is not None and (not isinstance(save_interval_s, int)
+                                        or save_interval_s < 1):
+        raise InputError(f"save_interval_s must be None or an int >= 1, got "
+                         f"{save_interval_s!r} (prepare_runtime)")
     if not 1 <= port <= 65535:
         raise InputError(f"broker port {port} not in 1..65535 (prepare_runtime)")
     names = [device_name(i) for i in device_ids]
@@ -205,12 +217,15 @@ def prepare_runtime(rundir: Path, *, testbed: str, device_ids: Sequence[int], po
     conf_text = Template(Path(conf_template).read_text()).substitute(
         port=port, bind_address=bind_address or host, persistence_dir=f"{persistence}/",
         password_file=passwd_file, acl_file=files.acl, user=user or getpass.getuser(),
-        max_packet_bytes=MAX_FRAME_BYTES + _PACKET_OVERHEAD_BYTES, tls=tls_lines)
+        max_packet_bytes=MAX_FRAME_BYTES + _PACKET_OVERHEAD_BYTES, tls=tls_lines,
+        autosave_on_changes="true" if save_interval_s is None else "false",
+        autosave_interval=1 if save_interval_s is None else save_interval_s)
     _write_private(files.broker_conf, conf_text)
-    runtime = BrokerRuntime(rundir, testbed, host, port, passwords, ca_file)
+    runtime = BrokerRuntime(rundir, testbed, host, port, passwords, ca_file, save_interval_s)
     _write_private(rundir / CREDENTIALS_FILE, json.dumps({
         "testbed": testbed, "host": host, "port": port,
-        "ca_file": str(ca_file) if ca_file else None, "passwords": passwords}, indent=2))
+        "ca_file": str(ca_file) if ca_file else None, "passwords": passwords,
+        "save_interval_s": save_interval_s}, indent=2))
     log.info("broker runtime in %s: port %d, users %s, tls %s", rundir, port,
              sorted(passwords), tls)
     return runtime
@@ -221,9 +236,11 @@ def load_runtime(rundir: Path) -> BrokerRuntime:
     path = Path(rundir) / CREDENTIALS_FILE
     try:
         data = json.loads(path.read_text())
+        save = data.get("save_interval_s")
         return BrokerRuntime(Path(rundir).resolve(), data["testbed"], data["host"],
                              int(data["port"]), dict(data["passwords"]),
-                             Path(data["ca_file"]) if data["ca_file"] else None)
+                             Path(data["ca_file"]) if data["ca_file"] else None,
+                             None if save is None else int(save))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"cannot read broker credentials {path}: {exc}") from exc
 

@@ -322,8 +322,10 @@ class SessionClient:
         Done once every tracked publish is acknowledged and then a marker (the retained
         "online" on the status topic) is acknowledged with no reconnect in between (see the
         module docstring); after a reconnect it starts over, once the replayed publishes are
-        acknowledged. Needs ``status_topic``, and ``keep_until_confirmed`` or
-        ``replay_window_s`` > 0.
+        acknowledged. "Saved" holds for a broker that saves after every change (the
+        ``epic.broker.prepare_runtime`` default); one that saves periodically has them on disk
+        only after its next save (``devices.agent.DeviceAgent.wait_acked`` waits for it).
+        Needs ``status_topic``, and ``keep_until_confirmed`` or ``replay_window_s`` > 0.
         """
         if self.status_topic is None or not (self.settings.keep_until_confirmed
                                              or self.settings.replay_window_s > 0):

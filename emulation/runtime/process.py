@@ -227,6 +227,12 @@ class ProcessRuntime(Runtime):
                     f"connected and proxy status files); last log lines: {tails}")
 
         wait_until(lambda: healthy(files, devices), exited, timeout_s, timed_out)
+        if runtime.save_interval_s is not None:
+            # central's session and subscriptions are new: have the broker save them now
+            # (SIGUSR1), not up to save_interval_s later, so that a SIGKILL during the first
+            # replay cannot lose them while devices resend
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(started[0].pid, signal.SIGUSR1)
         info = replace(info, started_unix_s=time.time(), processes=tuple(started))
         write_info(info)
         return info

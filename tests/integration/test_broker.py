@@ -338,3 +338,28 @@ def test_tls_listener_with_self_signed_ca(tmp_path: Path) -> None:
         with pytest.raises(MqttConnectError):  # plain TCP is not accepted on a TLS listener
             SessionClient(MqttSettings(runtime.host, runtime.port, "central", "central",
                                        runtime.password("central"))).connect(timeout_s=1)
+
+
+def test_save_interval_sets_the_persistence_mode(tmp_path: Path) -> None:
+    """Default: the broker saves after every change; ``save_interval_s`` N: every N s (the
+    testbed's), recorded in credentials.json for the agents; anything else is refused."""
+    from epic.broker import load_runtime
+    from epic.errors import InputError
+
+    def conf_lines(run: Path) -> set[str]:
+        return set((run / "mosquitto.conf").read_text().splitlines())
+
+    default = prepare_runtime(tmp_path / "a", testbed=TESTBED, device_ids=[1], port=free_port())
+    assert {"autosave_on_changes true", "autosave_interval 1"} <= conf_lines(default.rundir)
+    assert load_runtime(default.rundir).save_interval_s is None
+    periodic = prepare_runtime(tmp_path / "b", testbed=TESTBED, device_ids=[1],
+                               port=free_port(), save_interval_s=5)
+    assert {"autosave_on_changes false", "autosave_interval 5"} <= conf_lines(periodic.rundir)
+    assert load_runtime(periodic.rundir).save_interval_s == 5
+    for bad in (0, 1.5, "5"):
+        with pytest.raises(InputError, match="save_interval_s must be None or an int >= 1"):
+            prepare_runtime(tmp_path / "c", testbed=TESTBED, device_ids=[1], port=free_port(),
+                            save_interval_s=bad)
+    started = BrokerProcess(periodic).start()  # mosquitto accepts the periodic config
+    assert started.running
+    started.stop()
