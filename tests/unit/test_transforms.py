@@ -65,3 +65,18 @@ def test_normalize_data_is_bit_identical_to_the_formula(scale):
         finite = np.isfinite(want)
         assert float(np.max(np.abs(got[finite] - want[finite]))) == 0.0
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_normalize_data_into_a_reused_buffer_is_bit_identical() -> None:
+    """``out=``: the encoder's reused buffer gives the same bits as a fresh array, and a
+    buffer of the wrong shape or dtype, or one overlapping the input, is refused."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 1000, 14)) * 5).astype(np.float32)
+    buf = np.full(x.shape, np.nan, np.float32)
+    got = normalize_data(x, -26.95, 52.77, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(got.view(np.uint32),
+                                  normalize_data(x, -26.95, 52.77).view(np.uint32))
+    for bad in (np.empty((5, 1000, 13), np.float32), np.empty(x.shape, np.float64), x):
+        with pytest.raises(ValueError, match="out must be"):
+            normalize_data(x, -26.95, 52.77, out=bad)
