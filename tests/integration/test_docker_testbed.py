@@ -20,7 +20,7 @@ from emulation.runtime.docker import connect, engine_problem
 from epic.errors import InputError
 from tests.conftest import REPO
 from tests.integration.conftest import requires_mosquitto
-from tests.integration.test_compose import _bases
+from tests.integration.test_compose_engine import _bases
 
 NO_ENGINE = engine_problem()
 

@@ -2,7 +2,7 @@
 
 No engine here: the file's shape (no build/depends_on, one-shots not restarted, placement,
 attachable overlays, one secret per device), the start gate and the device's entry steps.
-tests/integration/test_swarm.py deploys it on a real single-node swarm.
+tests/integration/test_swarm_engine.py deploys it on a real single-node swarm.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Joins a swarm (`docker swarm init`) only if the engine is in none, labels the node for devices
 (epic.devices=true) unless it already is, builds or reuses the images exactly as
-test_compose.py does (registry bases, else the local stand-ins of docker/build-local-base.sh),
+test_compose_engine.py does (registry bases, else the local stand-ins of docker/build-local-base.sh),
 writes the stack's secret files with the epic-central image, deploys with EPIC_GATHERS=2 and
 EPIC_RATE=max, and polls the `results` service until it exits: central decoded every gather.
 Then `docker stack rm`, polling until the stack's services, containers, networks, secrets and
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.test_compose import COMPOSE, ENGINE, GATHERS, _bases, _run
+from tests.integration.test_compose_engine import COMPOSE, ENGINE, GATHERS, _bases, _run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
