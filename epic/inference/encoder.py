@@ -208,12 +208,7 @@ class EncoderRuntime:
         Raises:
             GatherError: wrong shape, non-numeric dtype, or any NaN/Inf sample.
         """
-        gather = np.asarray(gather_raw)
-        if gather.shape != self.gather_shape:
-            raise GatherError(f"gather shape {gather.shape}, expected {self.gather_shape} "
-                              f"for {self.path.name}")
-        if not np.issubdtype(gather.dtype, np.floating):
-            raise GatherError(f"gather dtype {gather.dtype}, expected float32 amplitudes")
+        gather = self._check_layout(gather_raw)
         finite = np.isfinite(gather)
         if not finite.all():
             bad = np.argwhere(~finite)
@@ -223,11 +218,25 @@ class EncoderRuntime:
                               f"{gather[shot, t, rx]!r}; not encoded")
         return gather.astype(np.float32, copy=False)
 
+    def _check_layout(self, gather_raw: np.ndarray) -> np.ndarray:
+        gather = np.asarray(gather_raw)
+        if gather.shape != self.gather_shape:
+            raise GatherError(f"gather shape {gather.shape}, expected {self.gather_shape} "
+                              f"for {self.path.name}")
+        if not np.issubdtype(gather.dtype, np.floating):
+            raise GatherError(f"gather dtype {gather.dtype}, expected float32 amplitudes")
+        return gather
+
     def encode(self, gather_raw: np.ndarray) -> Latent:
         """Raw ``(5, 1000, n_rx)`` float32 amplitudes -> :class:`Latent` (int8 values
         ``(n_rx, token_dim)``, scale, zero point)."""
-        x = normalize_data(self.check_gather(gather_raw), self.data_min, self.data_max,
-                           out=self._work)
+        gather = self._check_layout(gather_raw)
+        x = normalize_data(gather, self.data_min, self.data_max, out=self._work)
+        # NaN/Inf survive normalisation, so one sum of the (cache-hot) result finds them; the
+        # full check then says where (a pass over the cold input cost as much as three)
+        if not np.isfinite(x.sum(dtype=np.float32)):
+            self.check_gather(gather)
+            raise GatherError("gather normalises to non-finite values; not encoded")
         # the same float32 operations as ``clip(rint(x / scale) + zero_point)``, in place in
         # one reused buffer, written straight into the interpreter's input tensor (no
         # set_tensor copy): a fresh 280 KB array per step is a new mmap whose page faults
