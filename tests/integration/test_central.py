@@ -411,6 +411,46 @@ def test_fuzz_every_frame_is_accounted_for(env: Env) -> None:
                                      publish_s, sorted(reasons))
 
 
+def test_a_device_back_online_is_confirmed_again(env: Env) -> None:
+    """A broker that saves periodically (the testbed's) can lose the retained confirmation in
+    a SIGKILL, and central never confirms a copy anew: so it confirms again when the device
+    announces itself online, and the device stops waiting for what central already has.
+    (It runs before the SIGTERM test, which stops central.)"""
+    model, _ = load_checkpoint(env.epic_path)
+    gather = 424_242  # no other test of the module sends it
+    send_latents(env, {1: encode_latents(model, normalised_gather(7), gather_id=gather)[1]})
+    got: list[RangeSet] = []  # latent gathers confirmed, per confirmation received
+    subscribed = threading.Event()
+    # a clean session of its own (the publishers' device-1 session has no subscription)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="device-1",
+                         protocol=paho.MQTTv5)
+    client.username_pw_set("device-1", env.runtime.password("device-1"))
+    client.on_message = lambda _c, _u, m: got.append(decode_ack(bytes(m.payload))["latent"])
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_connect = lambda c, *_: c.subscribe(ack_topic(TESTBED, 1), qos=1)
+    client.connect(env.runtime.host, env.runtime.port, clean_start=True)
+    client.loop_start()
+
+    def wait_for(predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not predicate():
+            assert time.monotonic() < deadline, (f"timed out waiting for {what}: {got}; "
+                                                 f"{env.central.status().get('delivery')}")
+            time.sleep(0.02)
+
+    try:
+        wait_for(subscribed.is_set, "the SUBACK")
+        wait_for(lambda: any(gather in r for r in got), f"gather {gather}'s confirmation")
+        seen = len(got)
+        client.publish(topic_for(TESTBED, 1, Channel.STATUS), STATUS_ONLINE, qos=1,
+                       retain=True)
+        wait_for(lambda: len(got) > seen, "a confirmation after the device's online")
+        assert gather in got[-1]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def test_sigterm_flushes_and_goes_offline(env: Env) -> None:
     model, _ = load_checkpoint(env.epic_path)
     frames = encode_latents(model, normalised_gather(5), gather_id=500)
@@ -435,41 +475,3 @@ def test_sigterm_flushes_and_goes_offline(env: Env) -> None:
     assert inbox == [(STATUS_OFFLINE, True)]
     log_text = env.central.log_path.read_text()
     assert "Traceback" not in log_text, log_text[-3000:]
-
-
-def test_a_device_back_online_is_confirmed_again(env: Env) -> None:
-    """A broker that saves periodically (the testbed's) can lose the retained confirmation in
-    a SIGKILL, and central never confirms a copy anew: so it confirms again when the device
-    announces itself online, and the device stops waiting for what central already has."""
-    model, _ = load_checkpoint(env.epic_path)
-    send_latents(env, {1: encode_latents(model, normalised_gather(7), gather_id=70)[1]})
-    got: list[RangeSet] = []  # latent gathers confirmed, per confirmation received
-    subscribed = threading.Event()
-    # a clean session of its own (the publishers' device-1 session has no subscription)
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="device-1",
-                         protocol=paho.MQTTv5)
-    client.username_pw_set("device-1", env.runtime.password("device-1"))
-    client.on_message = lambda _c, _u, m: got.append(decode_ack(bytes(m.payload))["latent"])
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.on_connect = lambda c, *_: c.subscribe(ack_topic(TESTBED, 1), qos=1)
-    client.connect(env.runtime.host, env.runtime.port, clean_start=True)
-    client.loop_start()
-
-    def wait_for(predicate: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 15
-        while not predicate():
-            assert time.monotonic() < deadline, (f"timed out waiting for {what}: {got}; "
-                                                 f"{env.central.status().get('delivery')}")
-            time.sleep(0.02)
-
-    try:
-        wait_for(subscribed.is_set, "the SUBACK")
-        wait_for(lambda: any(70 in r for r in got), "gather 70's confirmation")
-        seen = len(got)
-        client.publish(topic_for(TESTBED, 1, Channel.STATUS), STATUS_ONLINE, qos=1,
-                       retain=True)
-        wait_for(lambda: len(got) > seen, "a confirmation after the device's online")
-        assert 70 in got[-1]
-    finally:
-        client.disconnect()
-        client.loop_stop()
