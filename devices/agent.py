@@ -19,6 +19,11 @@ stream starts at T + k x (shots x samples / 1 kHz), i.e. gather k's capture ends
 T + (k + 1) x 5 s on every device; as fast as possible, all agents start streaming at T.
 Without it, T is the moment the agent is ready.
 
+The agent takes its device (number, receivers) and the testbed name from RUNDIR/devices.json
+(:mod:`epic.devicespec`, written from the validated topology when the run directory was
+prepared) when ``--topology`` is that run directory's topology copy, else from the topology
+file; the data directory is opened once, without a NaN/Inf scan of whole shards.
+
 A gather with NaN/Inf samples is rejected, counted and logged, never published. The agent
 records encode time and peak memory in ``RUNDIR/agent-device-<n>.json``. It imports no torch.
 """
