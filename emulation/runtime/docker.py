@@ -275,6 +275,10 @@ class DockerRuntime(Runtime):
                 state["containers"].append(spec.container_name())
                 self._write_state(state)
             self._wait_healthy(tuple(state["devices"]), containers, timeout_s)
+            # central's session and subscriptions are new: have the broker save them now
+            # (SIGUSR1), not up to its save interval later, as the process runtime does
+            broker = next(c for c in containers if c.labels.get("epic.service") == "broker")
+            _docker_call(f"signal {broker.name}", broker.kill, signal="SIGUSR1")
         except BaseException:
             try:
                 self.down()
