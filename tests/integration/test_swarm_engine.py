@@ -2,7 +2,8 @@
 
 Joins a swarm (`docker swarm init`) only if the engine is in none, labels the node for devices
 (epic.devices=true) unless it already is, builds or reuses the images exactly as
-test_compose_engine.py does (registry bases, else the local stand-ins of docker/build-local-base.sh),
+test_compose_engine.py does (registry bases, else the local stand-ins of
+docker/build-local-base.sh),
 writes the stack's secret files with the epic-central image, deploys with EPIC_GATHERS=2 and
 EPIC_RATE=max, and polls the `results` service until it exits: central decoded every gather.
 Then `docker stack rm`, polling until the stack's services, containers, networks, secrets and
