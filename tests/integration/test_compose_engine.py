@@ -91,6 +91,24 @@ def project_env(tmp_path_factory) -> dict[str, str]:
             "COMPOSE_PROJECT_NAME": f"epictest{os.getpid()}"}
 
 
+def check_results(results: Path) -> None:
+    """The copied results of a containerised run of GATHERS demo gathers in EPIC mode: every
+    gather decoded from all devices to a plausible map, a replay summary, no credentials."""
+    records = [json.loads(line) for line in (results / "results.jsonl").read_text()
+               .splitlines() if line.strip()]
+    latent = {r["gather"]: r for r in records if r["mode"] == "latent"}
+    assert sorted(latent) == list(range(GATHERS))
+    assert not any(r["absent"] or r["incomplete"] for r in latent.values())
+    for gather in range(GATHERS):
+        velocity = np.load(results / "maps" / f"latent-{gather}.npy")
+        assert velocity.shape == (70, 70) and np.isfinite(velocity).all()
+        assert 1000 < float(velocity.mean()) < 5000  # m/s
+    replay = json.loads((results / "replay.json").read_text())
+    assert replay["modes"]["epic"]["gathers"] == GATHERS
+    assert replay["modes"]["epic"]["fidelity"]["mae"] < 1.0
+    assert not (results / "credentials.json").exists()
+
+
 def _leftovers(project: str) -> dict[str, list[str]]:
     label = f"label=com.docker.compose.project={project}"
     out = {}
@@ -211,19 +229,7 @@ def test_compose_up_decodes_every_gather_and_down_leaves_nothing(project_env):
         print("\n".join(line for line in logs.splitlines() if "results:" in line
                         or "init:" in line))
 
-        records = [json.loads(line) for line in (results / "results.jsonl").read_text()
-                   .splitlines() if line.strip()]
-        latent = {r["gather"]: r for r in records if r["mode"] == "latent"}
-        assert sorted(latent) == list(range(GATHERS))
-        assert not any(r["absent"] or r["incomplete"] for r in latent.values())
-        for gather in range(GATHERS):
-            velocity = np.load(results / "maps" / f"latent-{gather}.npy")
-            assert velocity.shape == (70, 70) and np.isfinite(velocity).all()
-            assert 1000 < float(velocity.mean()) < 5000  # m/s
-        replay = json.loads((results / "replay.json").read_text())
-        assert replay["modes"]["epic"]["gathers"] == GATHERS
-        assert replay["modes"]["epic"]["fidelity"]["mae"] < 1.0
-        assert not (results / "credentials.json").exists()
+        check_results(results)
         assert not (results / "passwd").exists()
         assert f"written to {results}" in logs
         assert "generated credentials" in logs
