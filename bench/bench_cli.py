@@ -83,8 +83,8 @@ def events_per_frame(path: str) -> float:
 def sweep_scaling(runs: int) -> None:
     from distributed import LocalCluster
 
-    from emulation.simulate import ComputeTimes, FrameSizes, _vary
-    from emulation.sweeps import Point, SweepRunner
+    from emulation.simulate import ComputeTimes, FrameSizes
+    from emulation.sweeps import Point, SweepRunner, _vary
     from epic.topology import Topology
 
     topo = Topology.model_validate(scaled("shared", 200))

@@ -1,9 +1,9 @@
-"""Virtual-time runs of the testbed: EPIC latent frames against raw traces, and sweeps.
+"""Virtual-time runs of the testbed: EPIC latent frames against raw traces.
 
 ``simulate(topology, "both", shots=100, seed=0)`` runs the same topology twice in virtual time,
 once with EPIC frames and once with raw chunks, and returns latency percentiles, bytes, energy
-per device and the ratios raw over EPIC. ``sweep(...)`` repeats that over one parameter and
-writes a CSV table and a PNG plot.
+per device and the ratios raw over EPIC. Sweeps over one parameter (the CSV table, the plot,
+the runs on local cores or a Dask cluster) are in :mod:`emulation.sweeps`.
 
 Frame sizes are an input (`FrameSizes`): the defaults below stand in until `epic.wire` gives
 the real encoder's sizes.
@@ -12,19 +12,15 @@ the real encoder's sizes.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import logging
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import ValidationError
 
 from emulation.energy import DeviceEnergy
 from emulation.network import STAGES, Message, NetworkModel, Workload
@@ -33,7 +29,6 @@ from epic.topology import Topology, model_slot_problems
 
 __all__ = [
     "MODES",
-    "SWEEP_KEYS",
     "ComputeTimes",
     "FrameSizes",
     "ModeSummary",
@@ -41,12 +36,8 @@ __all__ = [
     "Percentiles",
     "Ratios",
     "SimulationResult",
-    "SweepResult",
-    "check_sweep",
-    "parse_sweep",
     "shipped_model_fit",
     "simulate",
-    "sweep",
     "wire_frame_sizes",
 ]
 
@@ -54,8 +45,6 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["epic", "raw", "both"]
 MODES: tuple[str, ...] = ("epic", "raw", "both")
-#: Parameters `sweep` can vary: every link's bandwidth or loss, the latent size, the device count.
-SWEEP_KEYS: tuple[str, ...] = ("bandwidth_bps", "loss", "latent_frame_bytes", "devices")
 
 _RAW_GATHER_BYTES = 5 * 1000 * 14 * 4  # (shots, samples, receivers) float32 = 280,000 bytes
 #: The encoder manifest of the shipped checkpoint: its slots (n_devices x rx_per_device) are
@@ -340,140 +329,3 @@ def simulate(topology: Topology, mode: Mode = "both", shots: int = 100, seed: in
             bytes=r.uplink_bytes / e.uplink_bytes)
     return SimulationResult(topology.testbed, seed, shots, frame_sizes, compute, summaries,
                             ratios, shipped_model_fit(topology, source))
-
-
-def parse_sweep(text: str) -> tuple[str, tuple[float, ...]]:
-    """Parse ``key=v1,v2,...`` (a `SWEEP_KEYS` key). Raises `InputError` naming the bad part."""
-    key, sep, values = text.partition("=")
-    key = key.strip()
-    if not sep or key not in SWEEP_KEYS:
-        raise InputError(f"--sweep must be KEY=v1,v2,... with KEY one of {', '.join(SWEEP_KEYS)},"
-                         f" got {text!r}")
-    try:
-        parsed = tuple(float(v) for v in values.split(",") if v.strip())
-    except ValueError as exc:
-        raise InputError(f"--sweep {key}: values must be numbers, got {values!r}") from exc
-    if not parsed:
-        raise InputError(f"--sweep {key}: no values in {text!r}")
-    return key, parsed
-
-
-def _vary(topology: Topology, sizes: FrameSizes, key: str,
-          value: float) -> tuple[Topology, FrameSizes]:
-    """The topology and frame sizes with ``key`` set to ``value``."""
-    if key in ("latent_frame_bytes", "devices") and not (math.isfinite(value)
-                                                         and value == int(value)):
-        raise InputError(f"sweep {key}={value:g}: must be a whole number")
-    if key == "devices" and value < 1:
-        raise InputError(f"sweep devices={value:g}: must be >= 1")
-    if key == "latent_frame_bytes":
-        try:
-            return topology, dataclasses.replace(sizes, latent_frame_bytes=int(value))
-        except InputError as exc:
-            raise InputError(f"sweep {key}={value:g}: {exc}") from None
-    data = topology.model_dump()
-    if key in ("bandwidth_bps", "loss"):
-        for link in data["links"].values():
-            link[key] = value
-    elif key == "devices":
-        template, width = data["devices"][0], 14
-        data["devices"] = [dict(template, id=f"device-{i + 1}", receivers=[width * i,
-                                                                          width * (i + 1)])
-                           for i in range(int(value))]
-    else:
-        raise InputError(f"sweep key must be one of {', '.join(SWEEP_KEYS)}, got {key!r}")
-    try:
-        return Topology.model_validate(data), sizes
-    except ValidationError as exc:
-        raise InputError(f"sweep {key}={value:g}: {exc.errors()[0]['msg']}") from None
-
-
-def check_sweep(topology: Topology, key: str, values: tuple[float, ...],
-                frame_sizes: FrameSizes = FrameSizes()) -> None:
-    """Raise `InputError` naming the first value of ``key`` that cannot run; writes nothing.
-    `sweep` calls it before its first file; call it before writing anything else."""
-    for value in values:
-        _vary(topology, frame_sizes, key, value)
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    """The runs of a sweep (one `SimulationResult` per value) and the files written."""
-
-    key: str
-    values: tuple[float, ...]
-    results: tuple[SimulationResult, ...]
-    csv_path: Path
-    png_path: Path
-
-
-_CSV_COLUMNS = ("key", "value", "mode", "latency_p50_s", "latency_p95_s", "latency_p99_s",
-                "comm_j", "uplink_bytes", "frames", "frames_lost", "ratio_latency_p50",
-                "ratio_energy_comm")
-
-
-def sweep(topology: Topology, key: str, values: tuple[float, ...], out_dir: str | Path, *,
-          shots: int = 20, seed: int = 0, frame_sizes: FrameSizes = FrameSizes(),
-          compute: ComputeTimes = ComputeTimes(), interval_s: float = 1.0,
-          runner: Callable[[list], list[SimulationResult]] | None = None) -> SweepResult:
-    """Run `simulate` (both modes) for each value of ``key``; write ``sweep_<key>.csv`` and
-    ``sweep_<key>.png`` under ``out_dir``. Every value is checked before anything is written.
-
-    ``runner`` (an `emulation.sweeps.SweepRunner`: local cores or a Dask cluster, results
-    cached by point) runs the points; without one they run here, one after another."""
-    check_sweep(topology, key, values, frame_sizes)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    varied = [_vary(topology, frame_sizes, key, value) for value in values]
-    if runner is None:
-        results = [simulate(topo, "both", shots, seed, sizes, compute, interval_s)
-                   for topo, sizes in varied]
-    else:
-        from emulation.sweeps import Point
-
-        results = runner([Point(topo, sizes, shots, seed, compute, interval_s)
-                          for topo, sizes in varied])
-    csv_path = out_dir / f"sweep_{key}.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(_CSV_COLUMNS)
-        for value, res in zip(values, results, strict=True):
-            for m in res.modes:
-                writer.writerow([key, value, m.mode, m.gather_latency_s.p50,
-                                 m.gather_latency_s.p95, m.gather_latency_s.p99, m.comm_j,
-                                 m.uplink_bytes, m.frames, m.frames_lost,
-                                 res.ratios.latency_p50, res.ratios.energy_comm])
-    png_path = out_dir / f"sweep_{key}.png"
-    _plot(key, values, results, png_path)
-    log.info("sweep %s: wrote %s and %s", key, csv_path, png_path)
-    return SweepResult(key, tuple(values), tuple(results), csv_path, png_path)
-
-
-def _plot(key: str, values: tuple[float, ...], results: list[SimulationResult],
-          path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
-    for mode in ("epic", "raw"):
-        p50 = [r.mode(mode).gather_latency_s.p50 for r in results]
-        p99 = [r.mode(mode).gather_latency_s.p99 for r in results]
-        line, = axes[0].plot(values, p50, "o-", label=f"{mode} p50")
-        axes[0].plot(values, p99, "--", color=line.get_color(), label=f"{mode} p99")
-        axes[1].plot(values, [r.mode(mode).comm_j for r in results], "o-", label=mode)
-    axes[2].plot(values, [r.ratios.latency_p50 for r in results], "o-", label="latency p50")
-    axes[2].plot(values, [r.ratios.energy_comm for r in results], "s-", label="comm energy")
-    for ax, ylabel in zip(axes, ("latency per device gather (s)", "comm energy, all devices (J)",
-                                 "raw / EPIC"), strict=True):
-        ax.set_xlabel(key)
-        ax.set_ylabel(ylabel)
-        ax.set_yscale("log")
-        if key in ("bandwidth_bps", "devices", "latent_frame_bytes"):
-            ax.set_xscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"EPIC vs raw, sweep over {key} ({results[0].shots} shot-gathers)")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

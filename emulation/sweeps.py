@@ -1,4 +1,9 @@
-"""The points of a sweep, run in parallel: on this machine's cores, or on a Dask cluster.
+"""Sweeps: `simulate` over the values of one parameter, the points run in parallel (on this
+machine's cores, or on a Dask cluster), and their CSV table and plot.
+
+``sweep(topology, key, values, out_dir)`` varies ``key`` (one of `SWEEP_KEYS`), checks every
+value before writing anything, runs the points and writes ``sweep_<key>.csv`` and
+``sweep_<key>.png``.
 
 A what-if study is many independent `emulation.simulate.simulate` runs. `SweepRunner` runs a
 list of points (a topology and frame sizes each, with the sweep's shots, seed, compute times
@@ -18,16 +23,19 @@ seeded, deterministic `simulate` call.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from emulation.energy import DeviceEnergy
 from emulation.simulate import (
@@ -43,9 +51,13 @@ from emulation.simulate import (
 from epic.errors import InputError
 from epic.topology import Topology
 
-__all__ = ["Point", "SweepRunner", "point_key", "result_from_dict"]
+__all__ = ["SWEEP_KEYS", "Point", "SweepResult", "SweepRunner", "check_sweep", "parse_sweep",
+           "point_key", "result_from_dict", "sweep"]
 
 log = logging.getLogger(__name__)
+
+#: Parameters `sweep` can vary: every link's bandwidth or loss, the latent size, the device count.
+SWEEP_KEYS: tuple[str, ...] = ("bandwidth_bps", "loss", "latent_frame_bytes", "devices")
 
 #: Version of the cached result files; a file of another version is run again.
 CACHE_VERSION = 1
@@ -214,3 +226,138 @@ class SweepRunner:
             for future in as_completed(futures):
                 for key, text in future.result():
                     self._store(key, text)
+
+
+def parse_sweep(text: str) -> tuple[str, tuple[float, ...]]:
+    """Parse ``key=v1,v2,...`` (a `SWEEP_KEYS` key). Raises `InputError` naming the bad part."""
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    if not sep or key not in SWEEP_KEYS:
+        raise InputError(f"--sweep must be KEY=v1,v2,... with KEY one of {', '.join(SWEEP_KEYS)},"
+                         f" got {text!r}")
+    try:
+        parsed = tuple(float(v) for v in values.split(",") if v.strip())
+    except ValueError as exc:
+        raise InputError(f"--sweep {key}: values must be numbers, got {values!r}") from exc
+    if not parsed:
+        raise InputError(f"--sweep {key}: no values in {text!r}")
+    return key, parsed
+
+
+def _vary(topology: Topology, sizes: FrameSizes, key: str,
+          value: float) -> tuple[Topology, FrameSizes]:
+    """The topology and frame sizes with ``key`` set to ``value``."""
+    if key in ("latent_frame_bytes", "devices") and not (math.isfinite(value)
+                                                         and value == int(value)):
+        raise InputError(f"sweep {key}={value:g}: must be a whole number")
+    if key == "devices" and value < 1:
+        raise InputError(f"sweep devices={value:g}: must be >= 1")
+    if key == "latent_frame_bytes":
+        try:
+            return topology, dataclasses.replace(sizes, latent_frame_bytes=int(value))
+        except InputError as exc:
+            raise InputError(f"sweep {key}={value:g}: {exc}") from None
+    data = topology.model_dump()
+    if key in ("bandwidth_bps", "loss"):
+        for link in data["links"].values():
+            link[key] = value
+    elif key == "devices":
+        template, width = data["devices"][0], 14
+        data["devices"] = [dict(template, id=f"device-{i + 1}", receivers=[width * i,
+                                                                          width * (i + 1)])
+                           for i in range(int(value))]
+    else:
+        raise InputError(f"sweep key must be one of {', '.join(SWEEP_KEYS)}, got {key!r}")
+    try:
+        return Topology.model_validate(data), sizes
+    except ValidationError as exc:
+        raise InputError(f"sweep {key}={value:g}: {exc.errors()[0]['msg']}") from None
+
+
+def check_sweep(topology: Topology, key: str, values: tuple[float, ...],
+                frame_sizes: FrameSizes = FrameSizes()) -> None:
+    """Raise `InputError` naming the first value of ``key`` that cannot run; writes nothing.
+    `sweep` calls it before its first file; call it before writing anything else."""
+    for value in values:
+        _vary(topology, frame_sizes, key, value)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The runs of a sweep (one `SimulationResult` per value) and the files written."""
+
+    key: str
+    values: tuple[float, ...]
+    results: tuple[SimulationResult, ...]
+    csv_path: Path
+    png_path: Path
+
+
+_CSV_COLUMNS = ("key", "value", "mode", "latency_p50_s", "latency_p95_s", "latency_p99_s",
+                "comm_j", "uplink_bytes", "frames", "frames_lost", "ratio_latency_p50",
+                "ratio_energy_comm")
+
+
+def sweep(topology: Topology, key: str, values: tuple[float, ...], out_dir: str | Path, *,
+          shots: int = 20, seed: int = 0, frame_sizes: FrameSizes = FrameSizes(),
+          compute: ComputeTimes = ComputeTimes(), interval_s: float = 1.0,
+          runner: Callable[[list], list[SimulationResult]] | None = None) -> SweepResult:
+    """Run `simulate` (both modes) for each value of ``key``; write ``sweep_<key>.csv`` and
+    ``sweep_<key>.png`` under ``out_dir``. Every value is checked before anything is written.
+
+    ``runner`` (an `emulation.sweeps.SweepRunner`: local cores or a Dask cluster, results
+    cached by point) runs the points; without one they run here, one after another."""
+    check_sweep(topology, key, values, frame_sizes)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    varied = [_vary(topology, frame_sizes, key, value) for value in values]
+    if runner is None:
+        results = [simulate(topo, "both", shots, seed, sizes, compute, interval_s)
+                   for topo, sizes in varied]
+    else:
+        results = runner([Point(topo, sizes, shots, seed, compute, interval_s)
+                          for topo, sizes in varied])
+    csv_path = out_dir / f"sweep_{key}.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(_CSV_COLUMNS)
+        for value, res in zip(values, results, strict=True):
+            for m in res.modes:
+                writer.writerow([key, value, m.mode, m.gather_latency_s.p50,
+                                 m.gather_latency_s.p95, m.gather_latency_s.p99, m.comm_j,
+                                 m.uplink_bytes, m.frames, m.frames_lost,
+                                 res.ratios.latency_p50, res.ratios.energy_comm])
+    png_path = out_dir / f"sweep_{key}.png"
+    _plot(key, values, results, png_path)
+    log.info("sweep %s: wrote %s and %s", key, csv_path, png_path)
+    return SweepResult(key, tuple(values), tuple(results), csv_path, png_path)
+
+
+def _plot(key: str, values: tuple[float, ...], results: list[SimulationResult],
+          path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    for mode in ("epic", "raw"):
+        p50 = [r.mode(mode).gather_latency_s.p50 for r in results]
+        p99 = [r.mode(mode).gather_latency_s.p99 for r in results]
+        line, = axes[0].plot(values, p50, "o-", label=f"{mode} p50")
+        axes[0].plot(values, p99, "--", color=line.get_color(), label=f"{mode} p99")
+        axes[1].plot(values, [r.mode(mode).comm_j for r in results], "o-", label=mode)
+    axes[2].plot(values, [r.ratios.latency_p50 for r in results], "o-", label="latency p50")
+    axes[2].plot(values, [r.ratios.energy_comm for r in results], "s-", label="comm energy")
+    for ax, ylabel in zip(axes, ("latency per device gather (s)", "comm energy, all devices (J)",
+                                 "raw / EPIC"), strict=True):
+        ax.set_xlabel(key)
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        if key in ("bandwidth_bps", "devices", "latent_frame_bytes"):
+            ax.set_xscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"EPIC vs raw, sweep over {key} ({results[0].shots} shot-gathers)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

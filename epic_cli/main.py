@@ -302,7 +302,8 @@ def simulate_cmd(topology_path, mode, shots, seed, json_out, sweeps, cluster, wo
     shipped models (`epic testbed up` would refuse it). A sweep's points run in parallel and
     each result is kept under OUT/points/ (keyed by a hash of the point), so a sweep run
     again computes only the points it lacks."""
-    from emulation.simulate import check_sweep, parse_sweep, simulate, sweep, wire_frame_sizes
+    from emulation.simulate import simulate, wire_frame_sizes
+    from emulation.sweeps import check_sweep, parse_sweep, sweep
     from epic.published import published_ratios_text
     from epic.topology import load_topology
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emulation.simulate import check_sweep, shipped_model_fit, sweep
+from emulation.simulate import shipped_model_fit
+from emulation.sweeps import check_sweep, sweep
 from epic.data.openfwi import read_velocity_maps
 from epic.errors import InputError
 from epic.topology import load_topology

@@ -368,6 +368,7 @@ class _FakeEngine:
             "running")
         container.reload = lambda: None
         container.logs = lambda tail=None: b"boom\n"
+        container.kill = lambda signal: self.calls.append(("signal", kwargs["name"], signal))
         files = RunDir(rundir)
         if service == "central" and not self.central_exits:  # what a connected central writes
             write_record(files.central_status, _central_status())
@@ -415,6 +416,8 @@ def test_up_orchestrates_images_network_and_roles_with_a_stand_in_engine(tmp_pat
     runs = [c for c in engine.calls if c[0] == "run"]
     assert [c[1] for c in runs] == ["epic-5-broker", "epic-5-central", "epic-5-link-proxies"]
     assert runs[1][2] == {"epic-5-net": {"Aliases": ["central"]}}
+    # once healthy, the broker saves central's new session at once
+    assert engine.calls[-1] == ("signal", "epic-5-broker", "SIGUSR1")
     assert ("network", "epic-5-net", {"epic.testbed": "epic-5",
                                       "epic.rundir": str(rundir)}) in engine.calls
     state = json.loads((rundir / "docker.json").read_text())

@@ -15,9 +15,10 @@ from ai_edge_litert.interpreter import Interpreter
 from epic.data.openfwi import OpenFWIDataset, get_dataset
 from epic.data.transforms import normalize_data
 from epic.errors import DataError, InputError
-from epic.export import export_encoders, quantize_encoder, sha256_file
+from epic.export import export_encoders, sha256_file
 from epic.models.checkpoint import load_checkpoint, save_checkpoint
 from epic.models.registry import build_model
+from epic.quantize import quantize_encoder
 
 CONFIG = {"token_dim": 16, "encoder_width": 16, "dim": 32, "depth": 1, "heads": 2}
 RX = 14  # receivers per device

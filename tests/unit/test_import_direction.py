@@ -20,8 +20,8 @@ from tests.conftest import REPO
 ROLES = ("devices", "central", "emulation")
 TORCH = {"torch", "torchvision", "deepwave"}
 # where torch may be imported at all: training, export, the forward model (today's truth)
-TORCH_HOMES = ("epic/models/", "epic/train.py", "epic/export.py", "epic/export_decoders.py",
-               "epic/data/forward.py")
+TORCH_HOMES = ("epic/models/", "epic/train.py", "epic/export.py", "epic/quantize.py",
+               "epic/export_parity.py", "epic/export_decoders.py", "epic/data/forward.py")
 # where torch is imported only inside a function, on a path off the main one: central's
 # fallback to a torch checkpoint (it prefers the image's ONNX decoders), and the CLI's
 # `export-decoders --threads`

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emulation.simulate import FrameSizes, parse_sweep, simulate, sweep
+from emulation.simulate import FrameSizes, simulate
+from emulation.sweeps import parse_sweep, sweep
 from epic.errors import InputError
 from epic.topology import load_topology
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emulation.simulate import ComputeTimes, FrameSizes, SimulationResult, _vary, sweep
-from emulation.sweeps import Point, SweepRunner, result_from_dict
+from emulation.simulate import ComputeTimes, FrameSizes, SimulationResult
+from emulation.sweeps import Point, SweepRunner, _vary, result_from_dict, sweep
 from epic.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[2]
