@@ -222,8 +222,10 @@ def test_broker_restart_and_a_degraded_link(tmp_path, rundir, tiny_dataset):
     records = [json.loads(line) for line in (rundir / "results.jsonl").read_text().splitlines()]
     link_s = {d: max(r["devices"][d]["receive_ns"] - r["devices"][d]["encode_end_ns"]
                      for r in records) / 1e9 for d in ("device-1", "device-2")}
-    assert link_s["device-2"] > 0.05, link_s  # 1 KB at 100 kbit/s: >= 80 ms
-    assert link_s["device-2"] > 3 * link_s["device-1"], link_s
+    # 1 KB at 100 kbit/s: >= 80 ms on the wire, a floor that load cannot lower (comparing it
+    # with device-1's latency would measure the machine's load too: measured 43 ms under
+    # stress-ng for device-1's 50 Mbit/s link); the energy the proxies book is the model's
+    assert link_s["device-2"] > 0.08, link_s
     energy = result["modes"]["epic"]["energy_j"]
     assert energy["device-2"]["tx"] > 5 * energy["device-1"]["tx"], energy
     with pytest.raises(InputError, match="not in"):
