@@ -49,15 +49,26 @@ def data() -> None:
 @click.option("--threads", type=int, default=None, help="torch threads (default: all).")
 @click.option("--batch", "batch_size", default=8, show_default=True, type=int,
               help="Maps propagated together.")
-@click.option("--overwrite", is_flag=True, help="Replace shards already in --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace shards already in --out, and discard a partial job.")
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Parallel forward-modelling processes (CPU).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--piece-size", default=50, show_default=True, type=int,
+              help="Gathers per resumable piece of work.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def data_synth(dataset, count, seed, out_dir, maps_path, threads, batch_size, overwrite,
-               progress) -> None:
-    """Write COUNT shot-gathers and velocity maps in OpenFWI's layout, plus a card.json."""
+               workers, device, piece_size, progress) -> None:
+    """Write COUNT shot-gathers and velocity maps in OpenFWI's layout, plus a card.json.
+
+    Resumable: run the same command again after an interruption and it continues from the
+    pieces already finished (kept in .OUT.partial/ beside OUT).
+    """
     from epic.data.synth import synthesize
 
     result = synthesize(dataset, count, seed, out_dir, maps_path=maps_path, threads=threads,
-                        batch_size=batch_size, overwrite=overwrite, progress=progress)
+                        batch_size=batch_size, overwrite=overwrite, progress=progress,
+                        workers=workers, device=device, piece_size=piece_size)
     click.echo(
         f"wrote {result.count} {result.card['title']} gathers to {result.out_dir} "
         f"({', '.join(p.name for p in result.shard_paths)}) in {result.wall_s:.1f} s "

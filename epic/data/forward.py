@@ -109,6 +109,7 @@ def forward_model(
     batch_size: int = 8,
     threads: int | None = None,
     progress: bool = False,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Simulate shot-gathers for velocity maps.
 
@@ -118,6 +119,7 @@ def forward_model(
         batch_size: maps propagated together (each contributes ``n_shots`` deepwave shots).
         threads: torch intra-op threads for the run (None keeps torch's setting).
         progress: show a tqdm progress bar over maps.
+        device: ``cpu`` or ``cuda[:N]``: where deepwave propagates.
 
     Returns:
         ``(N, n_shots, nt, nx)`` float32 receiver amplitudes, OpenFWI's polarity and scale.
@@ -126,7 +128,10 @@ def forward_model(
     import torch
     from tqdm import tqdm
 
+    from epic.accel import check_device
+
     acq = acquisition
+    device = check_device(device)
     maps = _as_maps(velocity_mps, acq)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -137,12 +142,12 @@ def forward_model(
         torch.set_num_threads(threads)
     wavelet = deepwave.wavelets.ricker(
         acq.freq_hz, acq.nt, acq.dt_s, acq.peak_time_s, dtype=torch.float32
-    )
+    ).to(device)
     out = np.empty((len(maps), acq.n_shots, acq.nt, acq.nx), dtype=np.float32)
     bar = tqdm(total=len(maps), unit="gather", desc="forward", disable=not progress)
     try:
         for start in range(0, len(maps), batch_size):
-            chunk = torch.from_numpy(maps[start : start + batch_size].copy())
+            chunk = torch.from_numpy(maps[start : start + batch_size].copy()).to(device)
             n = len(chunk) * acq.n_shots
             src = torch.zeros(n, 1, 2, dtype=torch.long)
             src[:, 0, 0] = acq.source_z_idx
@@ -156,8 +161,8 @@ def forward_model(
                     acq.dx_m,
                     acq.dt_s,
                     source_amplitudes=wavelet.repeat(n, 1, 1),
-                    source_locations=src,
-                    receiver_locations=rec,
+                    source_locations=src.to(device),
+                    receiver_locations=rec.to(device),
                     accuracy=acq.accuracy,
                     pml_width=acq.pml_width,
                     pml_freq=acq.pml_freq_hz,
@@ -165,7 +170,7 @@ def forward_model(
                 )
             traces = result[-1]  # (n, nx, nt)
             gathers = traces.reshape(len(chunk), acq.n_shots, acq.nx, acq.nt).permute(0, 1, 3, 2)
-            out[start : start + len(chunk)] = acq.polarity * gathers.numpy()
+            out[start : start + len(chunk)] = acq.polarity * gathers.cpu().numpy()
             bar.update(len(chunk))
     finally:
         bar.close()

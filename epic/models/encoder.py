@@ -10,14 +10,62 @@ mix neighbouring receivers (zero-padded at the device's edges, so a token depend
 device only). The last conv spans the remaining 8 time steps: a per-receiver linear map.
 With the default ``token_dim = 64`` the latent is 14 x 64 = 896 int8 values, and the encoder
 has about 0.12 M parameters.
+
+``decimate=4`` puts a fixed signal-processing step first: an anti-alias low-pass FIR and 4x
+subsampling, 1 ms -> 4 ms (:class:`Decimator`). The 15 Hz Ricker has almost no energy above
+60 Hz, well below the new 125 Hz Nyquist, so the traces keep their signal while every later
+layer sees a quarter of the samples. It is part of the exported int8 encoder, so the device
+still receives 1 ms traces from its sensors and does the decimation itself.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 
-__all__ = ["DeviceEncoder"]
+__all__ = ["Decimator", "DeviceEncoder", "lowpass_fir"]
+
+
+def lowpass_fir(taps: int, cutoff: float) -> np.ndarray:
+    """Hamming-windowed sinc low-pass, unit DC gain: ``(taps,)`` float64.
+
+    ``cutoff`` is in cycles per input sample (0.5 is the input Nyquist frequency).
+    """
+    if taps < 3 or taps % 2 == 0 or not 0 < cutoff < 0.5:
+        raise ValueError(f"lowpass_fir: need odd taps >= 3 and 0 < cutoff < 0.5, got "
+                         f"{taps}, {cutoff}")
+    n = np.arange(taps) - (taps - 1) / 2
+    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(taps)
+    return h / h.sum()
+
+
+class Decimator(nn.Module):
+    """Fixed anti-alias low-pass + subsampling along time: ``(B, C, nt, n_rx)`` ->
+    ``(B, C, ceil(nt / factor), n_rx)``.
+
+    The filter (``taps`` Hamming-windowed sinc, cutoff at 0.8 of the decimated Nyquist
+    frequency: 100 Hz for 1 ms -> 4 ms) is a constant, not learnt: a depthwise (taps x 1)
+    convolution with stride ``factor``, which the int8 export keeps as one convolution.
+    """
+
+    def __init__(self, factor: int = 4, channels: int = 5, taps: int = 31):
+        super().__init__()
+        if factor < 2:
+            raise ValueError(f"Decimator: factor must be >= 2, got {factor}")
+        self.factor, self.taps = factor, taps
+        h = torch.tensor(lowpass_fir(taps, 0.4 / factor), dtype=torch.float32)
+        self.register_buffer("kernel", h.view(1, 1, taps, 1).repeat(channels, 1, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel, stride=(self.factor, 1),
+                        padding=(self.taps // 2, 0), groups=x.shape[1])
+
+    def output_length(self, nt: int) -> int:
+        """Samples left of ``nt`` input samples."""
+        return (nt + 2 * (self.taps // 2) - self.taps) // self.factor + 1
 
 
 def _block(c_in: int, c_out: int, kernel: tuple[int, int], stride: tuple[int, int],
@@ -32,15 +80,21 @@ def _block(c_in: int, c_out: int, kernel: tuple[int, int], stride: tuple[int, in
 class DeviceEncoder(nn.Module):
     """``(B, 5, 1000, n_rx)`` -> ``(B, n_rx, token_dim)`` tokens, one per receiver."""
 
-    def __init__(self, token_dim: int = 64, width: int = 64, n_shots: int = 5, nt: int = 1000):
+    def __init__(self, token_dim: int = 64, width: int = 64, n_shots: int = 5, nt: int = 1000,
+                 decimate: int = 1):
         super().__init__()
         if token_dim < 1 or width < 8:
             raise ValueError(f"token_dim must be >= 1 and width >= 8, got {token_dim}, {width}")
+        if decimate not in (1, 4):
+            raise ValueError(f"DeviceEncoder: decimate must be 1 or 4, got {decimate}")
         w2, w4 = width // 4, width // 2
-        self.nt = nt
+        self.nt, self.decimate = nt, decimate
+        # decimate=4: the Decimator does the first two halvings (1000 -> 250 samples)
+        self.decimator = Decimator(decimate, n_shots) if decimate > 1 else None
+        first = (1, 1) if decimate > 1 else (2, 1)
         self.body = nn.Sequential(
-            _block(n_shots, w2, (7, 1), (2, 1), (3, 0)),  # (B, 16, 500, 14)
-            _block(w2, w4, (3, 1), (2, 1), (1, 0)),  # (B, 32, 250, 14)
+            _block(n_shots, w2, (7, 1), first, (3, 0)),  # (B, 16, 500, 14)
+            _block(w2, w4, (3, 1), first, (1, 0)),  # (B, 32, 250, 14)
             _block(w4, w4, (3, 3), (2, 1), (1, 1)),  # (B, 32, 125, 14)
             _block(w4, width, (3, 1), (2, 1), (1, 0)),  # (B, 64, 63, 14)
             _block(width, width, (3, 3), (2, 1), (1, 1)),  # (B, 64, 32, 14)
@@ -57,5 +111,15 @@ class DeviceEncoder(nn.Module):
         if x.ndim != 4 or x.shape[2] != self.nt:
             raise ValueError(f"DeviceEncoder: input shape {tuple(x.shape)}, expected (B, 5, "
                              f"{self.nt}, n_rx)")
-        z = self.project(self.body(x))  # (B, token_dim, 1, n_rx)
+        z = self.project(self.body(self.predecimated(x)))  # (B, token_dim, 1, n_rx)
+        return z[:, :, 0, :].transpose(1, 2)  # (B, n_rx, token_dim)
+
+    def predecimated(self, x: torch.Tensor) -> torch.Tensor:
+        """The Decimator's output, ``(B, 5, nt / decimate, n_rx)`` (``x`` itself at 1)."""
+        return x if self.decimator is None else self.decimator(x)
+
+    def encode_decimated(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens from traces already through :meth:`predecimated` (training caches them:
+        the Decimator is fixed, so decimating once beats decimating every epoch)."""
+        z = self.project(self.body(x))
         return z[:, :, 0, :].transpose(1, 2)  # (B, n_rx, token_dim)
