@@ -33,9 +33,11 @@ def quantization_config():
 
 
 def _in_stem(node) -> bool:
-    """True for graph nodes of the encoder's first block (``body.0``: conv + ReLU)."""
+    """True for graph nodes of the encoder's stem: its Decimator (where it has one) and its
+    first block (``body.0``: conv + ReLU)."""
     for path, _ in node.meta.get("nn_module_stack", {}).values():
-        if re.sub(r"\[(\d+)\]", r".\1", path.replace("L['self'].", "")) == "body.0":
+        name = re.sub(r"\[(\d+)\]", r".\1", path.replace("L['self'].", ""))
+        if name in ("body.0", "decimator"):
             return True
     return False
 

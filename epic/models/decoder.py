@@ -93,11 +93,12 @@ class CrossAttentionDecoder(nn.Module):
         grid: queries form a grid x grid lattice over the 700 m x 700 m map.
         use_prior: add the midpoint prior to the attention logits.
         upsample: ``"transpose"`` or ``"resize"`` (see :class:`UpsamplingHead`).
+        head_widths: the head's channels at 20, 40 and 80 cells.
     """
 
     def __init__(self, token_dim: int = 64, dim: int = 128, heads: int = 4, depth: int = 3,
                  grid: int = 10, use_prior: bool = True, n_freqs: int = 8,
-                 upsample: str = "transpose"):
+                 upsample: str = "transpose", head_widths: tuple[int, ...] = (64, 32, 16)):
         super().__init__()
         self.geometry = PhysicalGeometry(grid=grid)
         self.grid, self.heads, self.use_prior, self.n_freqs = grid, heads, use_prior, n_freqs
@@ -110,7 +111,7 @@ class CrossAttentionDecoder(nn.Module):
         self.prior_weight = nn.Parameter(torch.full((heads,), 2.0))  # softplus -> w_h >= 0
         self.blocks = nn.ModuleList(_CrossBlock(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.head = UpsamplingHead(dim, grid, widths=(128, 64, 32), upsample=upsample)
+        self.head = UpsamplingHead(dim, grid, widths=tuple(head_widths), upsample=upsample)
 
     def _token_features(self) -> torch.Tensor:
         g = self.geometry
