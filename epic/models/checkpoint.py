@@ -32,7 +32,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, name: str, config: dict,
                     meta: dict | None = None, half: bool = False, extra: dict | None = None
                     ) -> Path:
     """Write ``model``'s weights and metadata atomically (temp file + rename)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+    # contiguous: a channels-last training model must still store plain row-major bytes (the
+    # ONNX decoders point into them)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             .contiguous().clone()
              for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "model": name, "config": config, "state_dict": state,
                "dataset": dataset, "meta": meta or {}, **(extra or {})}
