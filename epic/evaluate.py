@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from epic.accel import check_device
 from epic.data.normalized import load_normalized
 from epic.data.transforms import denormalize_velocity
 from epic.errors import InputError
@@ -66,16 +67,22 @@ def plot_predictions(true: np.ndarray, pred: np.ndarray, out_png: Path, title: s
 
 def evaluate(model_name: str, checkpoint: str | Path, data_dir: str | Path,
              out_json: str | Path, drop_devices: int = 0, seed: int = 0,
-             limit: int | None = None, dataset: str | None = None) -> dict:
-    """Evaluate a checkpoint on a dataset directory and write the result JSON (+ PNG)."""
+             limit: int | None = None, dataset: str | None = None, device: str = "cpu"
+             ) -> dict:
+    """Evaluate a checkpoint on a dataset directory and write the result JSON (+ PNG).
+
+    Runs in float32 on ``device`` (``cpu`` or ``cuda[:N]``).
+    """
+    device = check_device(device)
     model, ckpt = load_checkpoint(checkpoint, expected_model=model_name)
+    model = model.to(device)
     split = load_normalized(data_dir, dataset=dataset, limit=limit)
     present = None
     if drop_devices:
         if model_name not in DISTRIBUTED:
             raise InputError(f"--drop-devices applies to distributed models, not {model_name!r}")
         present = drop_presence(len(split.x), 5, drop_devices, seed)
-    pred = predict(model, split.x, present)
+    pred = predict(model, split.x, present, device=device)
     result = {
         **fidelity(pred, split.y),
         "model": model_name,

@@ -3,7 +3,10 @@
 Every model gets the same loop: AdamW, cosine learning-rate decay over the planned epochs,
 L1 loss on the normalised velocity (optionally plus ``l2_weight`` x MSE, as OpenFWI), fixed
 seeds, a tqdm bar, a checkpoint after every epoch (``last.pt``, resumable with ``resume``) and
-one JSON line per epoch in ``log.jsonl``. Distributed models see random device dropout: each
+one JSON line per epoch in ``log.jsonl``. Samples come from the training cache
+(:mod:`epic.data.cache`: normalised once, float16, memory-mapped, already through the device
+encoder's fixed decimation), and the model runs channels-last on the CPU. ``device`` is
+``cpu`` or ``cuda[:N]``. Distributed models see random device dropout: each
 sample loses 1 or 2 devices with probability ``device_dropout``, so the decoder learns to
 cope with missing devices. ``max_minutes`` stops at the first batch past the budget, after
 saving. ``precision="bf16"`` runs forward and backward under CPU bfloat16 autocast (weights,
@@ -22,6 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from epic.accel import check_device
+from epic.data.cache import cached_split
 from epic.data.normalized import load_normalized
 from epic.errors import InputError
 from epic.metrics import fidelity
@@ -55,6 +60,8 @@ class TrainConfig:
     threads: int | None = None
     precision: str = "fp32"
     model_config: dict = field(default_factory=dict)
+    device: str = "cpu"
+    cache_dir: str | None = None
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -82,14 +89,26 @@ def random_presence(rng: np.random.Generator, batch: int, n_devices: int, p_drop
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: np.ndarray, present: np.ndarray | None = None,
-            batch: int = 16) -> np.ndarray:
-    """Normalised gathers ``(N, 5, 1000, 70)`` -> normalised maps ``(N, 1, 70, 70)``."""
+            batch: int = 16, device: str = "cpu", decimated: bool = False) -> np.ndarray:
+    """Normalised gathers ``(N, 5, 1000, 70)`` -> normalised maps ``(N, 1, 70, 70)``, float32.
+
+    ``decimated``: ``x`` is ``(N, 5, 1000 / decimate, 70)``, already through the encoder's
+    Decimator (a training cache). Runs in float32 on ``device``.
+    """
     model.eval()
     out = []
     for i in range(0, len(x), batch):
-        p = None if present is None else torch.from_numpy(present[i : i + batch])
-        out.append(model(torch.from_numpy(x[i : i + batch]), p).numpy())
+        xb = torch.from_numpy(np.asarray(x[i : i + batch], np.float32)).to(device)
+        p = None if present is None else torch.from_numpy(present[i : i + batch]).to(device)
+        pred = model(xb, p, decimated=True) if decimated else model(xb, p)
+        out.append(pred.float().cpu().numpy())
     return np.concatenate(out)
+
+
+def _decimation(model: torch.nn.Module) -> int:
+    """The time decimation the model's device encoder applies first (1: none)."""
+    encoder = getattr(model, "encoder", None)
+    return getattr(encoder, "decimate", 1) if encoder is not None else 1
 
 
 def _model_config(cfg: TrainConfig) -> dict:
@@ -105,18 +124,23 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     Returns the final epoch's log record.
     """
     cfg.validate()
+    device = check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
-    split = load_normalized(cfg.data_dir, dataset=cfg.dataset, limit=cfg.limit)
-    val = (load_normalized(cfg.val_dir, dataset=cfg.dataset, limit=cfg.limit)
-           if cfg.val_dir else None)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     config = _model_config(cfg)
     model = build_model(cfg.model, **config)
+    decimate = _decimation(model)
+    split = cached_split(cfg.data_dir, dataset=cfg.dataset, decimate=decimate,
+                         limit=cfg.limit, root=cfg.cache_dir, progress=progress)
+    val = (load_normalized(cfg.val_dir, dataset=cfg.dataset, limit=cfg.limit)
+           if cfg.val_dir else None)
+    out.mkdir(parents=True, exist_ok=True)
+    memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(split.x) // cfg.batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
@@ -125,6 +149,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     last = out / "last.pt"
     if resume and last.is_file():
         model, ckpt = load_checkpoint(last, expected_model=cfg.model)
+        model = model.to(device, memory_format=memory_format)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         opt.load_state_dict(ckpt["optimizer"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * steps_per_epoch)
@@ -135,6 +160,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed %s at epoch %d", last, start_epoch)
     distributed = cfg.model in DISTRIBUTED
+    autocast = "cuda" if device.startswith("cuda") else "cpu"
     started = time.monotonic()
     budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60
     stopped_early = False
@@ -147,11 +173,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                    disable=not progress, leave=False)
         for i in bar:
             idx = np.sort(order[i : i + cfg.batch])
-            x, y = torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
-            present = (torch.from_numpy(random_presence(rng, len(idx), 5, cfg.device_dropout))
-                       if distributed else None)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                pred = model(x, present)
+            xb, yb = split.batch(idx)
+            x = torch.from_numpy(xb).to(device).float().contiguous(memory_format=memory_format)
+            y = torch.from_numpy(yb).to(device).float()
+            present = (torch.from_numpy(random_presence(rng, len(idx), 5, cfg.device_dropout)
+                                        ).to(device) if distributed else None)
+            with torch.autocast(autocast, dtype=torch.bfloat16,
+                                enabled=cfg.precision == "bf16"):
+                pred = model(x, present, decimated=True) if decimate > 1 else model(x, present)
             pred = pred.float()
             loss = torch.nn.functional.l1_loss(pred, y)
             if cfg.l2_weight:
@@ -169,7 +198,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                   "lr": sched.get_last_lr()[0], "wall_s": round(time.monotonic() - started, 1),
                   "samples_seen": len(losses) * cfg.batch, "stopped_early": stopped_early}
         if val is not None:
-            record["val"] = fidelity(predict(model, val.x), val.y)
+            record["val"] = fidelity(predict(model, val.x, device=device), val.y)
         with log_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         completed = epoch if stopped_early else epoch + 1

@@ -155,11 +155,14 @@ def data_plot(directory: Path, index: int, out_png: Path) -> None:
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
               show_default=True, help="bf16: mixed-precision autocast (weights stay float32); "
               "about 3x faster for InversionNet on CPUs with AVX512-BF16.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (its last whole epoch).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Training cache root (default: $EPIC_CACHE_DIR or ~/.cache/epic-testbed).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, token_dim,
-              device_dropout, val_dir, limit, dataset, threads, precision, resume, progress
-              ) -> None:
+              device_dropout, val_dir, limit, dataset, threads, precision, resume, device,
+              cache_dir, progress) -> None:
     """Train a model on an OpenFWI-layout directory; checkpoints and log.jsonl go to OUT."""
     from epic.train import TrainConfig, train
 
@@ -167,7 +170,8 @@ def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, to
                       batch=batch, seed=seed, max_minutes=max_minutes, lr=lr,
                       token_dim=token_dim, device_dropout=device_dropout,
                       val_dir=str(val_dir) if val_dir else None, limit=limit,
-                      dataset=dataset, threads=threads, precision=precision)
+                      dataset=dataset, threads=threads, precision=precision, device=device,
+                      cache_dir=str(cache_dir) if cache_dir else None)
     record = train(cfg, resume=resume, progress=progress)
     click.echo(json.dumps(record))
 
@@ -182,13 +186,14 @@ def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, to
 @click.option("--limit", type=int, default=None)
 @click.option("--dataset", default=None,
               help="Dataset name for the normalisation (default: from DIR/card.json).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 def evaluate_cmd(model, checkpoint, data_dir, out_json, drop_devices, seed, limit,
-                 dataset) -> None:
+                 dataset, device) -> None:
     """Evaluate a checkpoint: MAE, RMSE, SSIM as OpenFWI, plus a PNG beside the JSON."""
     from epic.evaluate import evaluate
 
     result = evaluate(model, checkpoint, data_dir, out_json, drop_devices=drop_devices,
-                      seed=seed, limit=limit, dataset=dataset)
+                      seed=seed, limit=limit, dataset=dataset, device=device)
     click.echo(f"{model}: MAE {result['mae']:.4f} RMSE {result['rmse']:.4f} "
                f"SSIM {result['ssim']:.4f} on {result['samples']} samples -> {out_json}")
 

@@ -16,6 +16,22 @@ requires_openfwi = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _training_cache_in_tmp(tmp_path_factory):
+    """Training caches (epic.data.cache) go to a per-session folder, never ~/.cache."""
+    import os
+
+    from epic.data.cache import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("train-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def openfwi_dir() -> Path:
     return OPENFWI_DIR
