@@ -176,6 +176,42 @@ def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, to
     click.echo(json.dumps(record))
 
 
+@cli.command("pipeline")
+@click.option("--scale", required=True, type=click.Choice(["smoke", "cpu", "full"]),
+              help="smoke: seconds, for tests; cpu: the 2-core budget; full: the issue's "
+              "data and OpenFWI-like epochs, for an accelerator.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--openfwi", type=click.Path(path_type=Path), default=Path("../shared/openfwi"),
+              show_default=True, help="Folder of the real OpenFWI map zips.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Where datasets are synthesised (default: OUT/data).")
+@click.option("--datasets", default=None, help="Comma-separated subset of the plan.")
+@click.option("--max-minutes", type=float, default=None,
+              help="Stop after a checkpoint once this wall time has passed; rerun to continue.")
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Parallel synthesis processes (CPU).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def pipeline_cmd(scale, out_dir, device, openfwi, data_root, datasets, max_minutes, workers,
+                 progress) -> None:
+    """Synthesise, train EPIC and InversionNet, evaluate, export the encoders: one job.
+
+    Resumable: every step skips what is already complete in OUT (and --data-root).
+    """
+    from epic.pipeline import run_pipeline
+
+    results = run_pipeline(scale, out_dir, device=device, openfwi=openfwi,
+                           data_root=data_root,
+                           datasets=tuple(datasets.split(",")) if datasets else None,
+                           max_minutes=max_minutes, workers=workers, progress=progress)
+    for name, row in results["datasets"].items():
+        for key, entry in row["models"].items():
+            click.echo(f"{name} {key}: MAE {entry['test']['mae']:.4f} "
+                       f"SSIM {entry['test']['ssim']:.3f}")
+    state = "complete" if results["complete"] else "stopped early; run again to continue"
+    click.echo(f"{out_dir / 'results.json'}: {state}")
+
+
 @cli.command("evaluate")
 @click.option("--model", required=True)
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
