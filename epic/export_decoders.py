@@ -15,10 +15,12 @@
 Graphs come from ``torch.onnx.export`` (dynamo, dynamic batch, opset 18+, no graph
 optimisation so that weight tensors stay as they are in the state dict). Then every weight
 initializer equal to a checkpoint tensor becomes an *external* initializer: the byte range of
-that tensor inside the checkpoint's zip (stored uncompressed), in the checkpoint's dtype
-(float16 for the shipped ones), followed by a Cast to float32. The graphs thus hold no copy
-of the weights (InversionNet: 24.4 M parameters, 49 MB in float16) and run with exactly the
-weights torch runs with. ONNX Runtime folds the casts at load.
+that tensor inside the checkpoint's zip (stored uncompressed), in the checkpoint's dtype,
+turned into float32 in the graph: float16 by a Cast; int8 codes (``weights="int8"``
+checkpoints, :mod:`epic.models.checkpoint`) by a DequantizeLinear (axis 0) whose float32
+per-channel scale is external too. The graphs thus hold no copy of the weights
+(InversionNet: 24.4 M parameters, 49 MB in float16, 24.5 MB in int8) and run with exactly the
+float32 weights torch runs with. ONNX Runtime folds the casts and dequantisations at load.
 
 Why ONNX Runtime rather than LiteRT: a ``.tflite`` flatbuffer must embed its weights, and the
 tracked tree has to stay under 60 MiB; InversionNet alone would add 49 MB (float16) or 24 MB
@@ -52,7 +54,11 @@ from epic.inference.decoders import (
     RawDecoderRuntime,
 )
 from epic.metrics import fidelity
-from epic.models.checkpoint import load_checkpoint
+from epic.models.checkpoint import (
+    dequantize_per_channel,
+    load_checkpoint,
+    weights_dtype,
+)
 from epic.models.epic import DistributedModel
 
 __all__ = ["PARITY_TARGET", "DecoderExportResult", "export_decoders", "externalize_weights"]
@@ -63,8 +69,9 @@ PARITY_TARGET = 1e-3
 """Largest accepted |MAE_runtime - MAE_torch| and mean |map_runtime - map_torch| (normalised)."""
 
 RUNTIME_WHY = (
-    "ONNX Runtime: the graphs reference the float16 weights inside the shipped checkpoints "
-    "(ONNX external data: byte ranges of the .pt zip), so InversionNet fits the < 60 MiB "
+    "ONNX Runtime: the graphs reference the weights inside the shipped checkpoints (float16, "
+    "or int8 codes with per-channel scales; ONNX external data: byte ranges of the .pt "
+    "zip), so InversionNet fits the < 60 MiB "
     "tracked-tree budget (a .tflite must embed its weights: +49 MB float16, +24 MB int8); "
     "dynamic batch; weights identical to torch's")
 
@@ -108,70 +115,121 @@ def _stored_entries(checkpoint: Path) -> dict[bytes, tuple[int, int]]:
     return entries
 
 
-def externalize_weights(model_proto, checkpoint: str | Path, state_dict: dict) -> dict:
+def externalize_weights(model_proto, checkpoint: str | Path, state_dict: dict,
+                        quant_scales: dict | None = None) -> dict:
     """Point ``model_proto``'s weight initializers into ``checkpoint`` (in place).
 
-    Every float32 initializer whose values equal a tensor of ``state_dict`` (as stored in the
-    checkpoint: float16 or float32), and whose bytes are one whole stored zip entry of the
-    checkpoint, is replaced by an external initializer of the stored dtype (location: the
-    checkpoint's file name) and, for float16, a Cast to float32 under the original name.
-    The others stay embedded. Returns counts and bytes of both kinds.
+    Args:
+        model_proto: an ONNX ModelProto whose weights are float32 initializers.
+        checkpoint: the checkpoint file (a torch zip, entries stored uncompressed).
+        state_dict: the tensors as stored in it: float16, float32, or int8 codes (for an int8
+            checkpoint, its ``state_dict`` plus its ``quant_weights``).
+        quant_scales: name -> float32 ``(C,)`` scale of each int8 tensor of ``state_dict``
+            (an int8 checkpoint's ``quant_scales``).
+
+    A float32 initializer whose values equal a stored tensor (float16 and float32: the values;
+    int8: its float32 dequantisation ``q * scale[:, None, ...]``), and whose stored bytes are
+    one whole zip entry of the checkpoint, is replaced by an external initializer of the
+    stored dtype (location: the checkpoint's file name, offset and length of the entry):
+
+    - float32: under the original name;
+    - float16: ``NAME::float16`` and a Cast to float32 named NAME;
+    - int8: ``NAME::int8`` (shape of the weight) and ``NAME::scale`` (float32 ``(C,)``, also
+      external when its bytes are a whole entry, else embedded), and a DequantizeLinear
+      (axis 0, no zero point: 0) named NAME, which computes the same float32 product.
+
+    The others stay embedded. Returns counts and bytes of both kinds (``external_bytes``
+    counts the weights' bytes; ``int8`` and ``scale_bytes`` the int8 ones and their scales).
     """
     from onnx import TensorProto, helper, numpy_helper
 
     checkpoint = Path(checkpoint)
+    quant_scales = quant_scales or {}
     entries = _stored_entries(checkpoint)
-    stored: dict[tuple, tuple[int, int, str]] = {}  # (dtype, shape, sha) -> offset, len, key
+    stored: dict[tuple, tuple] = {}  # (dtype, shape, sha of float32 or float16 bytes) -> where
     for key, tensor in state_dict.items():
+        tensor = tensor.detach().contiguous().cpu()
+        if tensor.dtype == torch.int8 and key in quant_scales:
+            scale = quant_scales[key].detach().contiguous().cpu()
+            where = entries.get(hashlib.sha256(tensor.numpy().tobytes()).digest())
+            if where is None:
+                continue
+            values = dequantize_per_channel(tensor, scale).numpy().tobytes()
+            scale_np = scale.numpy()
+            scale_where = entries.get(hashlib.sha256(scale_np.tobytes()).digest())
+            stored.setdefault(("int8", tuple(tensor.shape), hashlib.sha256(values).digest()),
+                              (*where, key, scale_np, scale_where))
+            continue
         if tensor.dtype not in (torch.float16, torch.float32):
             continue
-        data = tensor.detach().contiguous().cpu().numpy().tobytes()
+        data = tensor.numpy().tobytes()
         where = entries.get(hashlib.sha256(data).digest())
         if where is not None:
             dtype = "float16" if tensor.dtype == torch.float16 else "float32"
             stored.setdefault((dtype, tuple(tensor.shape), hashlib.sha256(data).digest()),
                               (*where, key))
-    kept, casts = [], []
+    kept, pre = [], []
     report = {"external": 0, "external_bytes": 0, "embedded": 0, "embedded_bytes": 0,
-              "location": checkpoint.name}
-    for init in model_proto.graph.initializer:
-        hit = None
-        if init.data_type == TensorProto.FLOAT and init.data_location != TensorProto.EXTERNAL:
-            a = numpy_helper.to_array(init)
-            hit = stored.get(("float32", a.shape, hashlib.sha256(a.tobytes()).digest()))
-            as16 = a.astype(np.float16)
-            if hit is None and np.array_equal(as16.astype(np.float32), a):
-                hit = stored.get(("float16", a.shape, hashlib.sha256(as16.tobytes()).digest()))
-                if hit is not None:
-                    hit = (*hit, "float16")
-            elif hit is not None:
-                hit = (*hit, "float32")
-        if hit is None:
-            kept.append(init)
-            report["embedded"] += 1
-            report["embedded_bytes"] += len(init.raw_data) or init.ByteSize()
-            continue
-        offset, length, _key, dtype = hit
+              "int8": 0, "scale_bytes": 0, "location": checkpoint.name}
+
+    def external(name: str, data_type: int, dims, offset: int, length: int):
         ext = TensorProto()
-        ext.name = init.name if dtype == "float32" else f"{init.name}::float16"
-        ext.data_type = TensorProto.FLOAT if dtype == "float32" else TensorProto.FLOAT16
-        ext.dims.extend(init.dims)
+        ext.name, ext.data_type = name, data_type
+        ext.dims.extend(dims)
         ext.data_location = TensorProto.EXTERNAL
         for k, v in (("location", checkpoint.name), ("offset", str(offset)),
                      ("length", str(length))):
             item = ext.external_data.add()
             item.key, item.value = k, v
-        kept.append(ext)
-        if dtype == "float16":
-            casts.append(helper.make_node("Cast", [ext.name], [init.name], to=TensorProto.FLOAT,
-                                          name=f"{init.name}::cast"))
+        return ext
+
+    for init in model_proto.graph.initializer:
+        hit, dtype = None, None
+        if init.data_type == TensorProto.FLOAT and init.data_location != TensorProto.EXTERNAL:
+            a = numpy_helper.to_array(init)
+            sha32 = hashlib.sha256(a.tobytes()).digest()
+            for dtype in ("float32", "int8"):
+                hit = stored.get((dtype, a.shape, sha32))
+                if hit is not None:
+                    break
+            as16 = a.astype(np.float16)
+            if hit is None and np.array_equal(as16.astype(np.float32), a):
+                dtype = "float16"
+                hit = stored.get(("float16", a.shape, hashlib.sha256(as16.tobytes()).digest()))
+        if hit is None:
+            kept.append(init)
+            report["embedded"] += 1
+            report["embedded_bytes"] += len(init.raw_data) or init.ByteSize()
+            continue
+        offset, length = hit[0], hit[1]
+        if dtype == "float32":
+            kept.append(external(init.name, TensorProto.FLOAT, init.dims, offset, length))
+        elif dtype == "float16":
+            ext = external(f"{init.name}::float16", TensorProto.FLOAT16, init.dims, offset,
+                           length)
+            kept.append(ext)
+            pre.append(helper.make_node("Cast", [ext.name], [init.name], to=TensorProto.FLOAT,
+                                        name=f"{init.name}::cast"))
+        else:  # int8 codes + per-axis-0 scale -> DequantizeLinear
+            scale_np, scale_where = hit[3], hit[4]
+            codes = external(f"{init.name}::int8", TensorProto.INT8, init.dims, offset, length)
+            if scale_where is not None:
+                scale = external(f"{init.name}::scale", TensorProto.FLOAT, scale_np.shape,
+                                 *scale_where)
+            else:
+                scale = numpy_helper.from_array(scale_np, f"{init.name}::scale")
+            kept.extend([codes, scale])
+            pre.append(helper.make_node("DequantizeLinear", [codes.name, scale.name],
+                                        [init.name], axis=0, name=f"{init.name}::dequantize"))
+            report["int8"] += 1
+            report["scale_bytes"] += scale_np.nbytes
         report["external"] += 1
         report["external_bytes"] += length
     del model_proto.graph.initializer[:]
     model_proto.graph.initializer.extend(kept)
     nodes = list(model_proto.graph.node)
     del model_proto.graph.node[:]
-    model_proto.graph.node.extend(casts + nodes)
+    model_proto.graph.node.extend(pre + nodes)
     return report
 
 
@@ -214,12 +272,15 @@ def _onnx(module: torch.nn.Module, example: tuple, names: list[str]):
     return proto
 
 
-def _raw_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+def _raw_state(checkpoint: Path) -> tuple[dict, dict]:
+    """The tensors as stored in ``checkpoint`` (int8 codes included) and the int8 scales."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return ({**ckpt["state_dict"], **ckpt.get("quant_weights", {})},
+            ckpt.get("quant_scales", {}))
 
 
 def _write_graph(proto, checkpoint: Path, path: Path) -> dict:
-    report = externalize_weights(proto, checkpoint, _raw_state(checkpoint))
+    report = externalize_weights(proto, checkpoint, *_raw_state(checkpoint))
     path.write_bytes(proto.SerializeToString())
     log.info("%s: %d bytes; %d weight tensors (%d bytes) in %s, %d (%d bytes) embedded", path,
              path.stat().st_size, report["external"], report["external_bytes"],
@@ -393,7 +454,8 @@ def export_decoders(epic_checkpoint: str | Path | None, inversionnet_checkpoint:
                        "present": ["B", model.n_devices, "bool"]},
             "output": {"velocity": ["B", 1, 70, 70, "float32, normalised [-1, 1]"]},
             "n_devices": model.n_devices, "rx_per_device": k, "token_dim": d,
-            "weights": {"file": _relative(ck, out_dir), "sha256": _sha256_file(ck), **weights},
+            "weights": {"file": _relative(ck, out_dir), "sha256": _sha256_file(ck),
+                        "dtype": weights_dtype(meta), **weights},
             "source_checkpoint": {"path": str(ck), "model": meta["model"],
                                   "config": meta["config"], "dataset": meta["dataset"],
                                   "epoch": meta.get("meta", {}).get("epoch")}}
@@ -410,7 +472,8 @@ def export_decoders(epic_checkpoint: str | Path | None, inversionnet_checkpoint:
             "gather_shape": [5, 1000, 70],
             "inputs": {"gathers": ["B", 5, 1000, 70, "float32, normalised"]},
             "output": {"velocity": ["B", 1, 70, 70, "float32, normalised [-1, 1]"]},
-            "weights": {"file": _relative(ck, out_dir), "sha256": _sha256_file(ck), **weights},
+            "weights": {"file": _relative(ck, out_dir), "sha256": _sha256_file(ck),
+                        "dtype": weights_dtype(meta), **weights},
             "source_checkpoint": {"path": str(ck), "model": meta["model"],
                                   "config": meta["config"], "dataset": meta["dataset"],
                                   "epoch": meta.get("meta", {}).get("epoch")}}

@@ -9,7 +9,8 @@ import torch
 from epic.data.normalized import load_normalized
 from epic.data.synth import synthesize
 from epic.metrics import fidelity
-from epic.models.checkpoint import load_checkpoint
+from epic.models.checkpoint import load_checkpoint, weights_dtype
+from epic.ship import check_storage
 from epic.train import predict
 from tests.conftest import REPO, requires_openfwi
 
@@ -27,8 +28,18 @@ def test_manifest_entry_matches_its_checkpoint(name):
     entry = MANIFEST[name]
     _, ckpt = load_checkpoint(ARTIFACTS / name, expected_model=entry["model"])
     assert ckpt["dataset"] == entry["dataset"] and ckpt["config"] == entry["config"]
-    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values()
-               if v.is_floating_point())
+    assert weights_dtype(ckpt) == entry["weights_dtype"] in ("float16", "int8")
+    floats = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+    if entry["weights_dtype"] == "float16":
+        assert all(v.dtype == torch.float16 for v in floats)
+    else:  # int8 conv / linear weights with float32 per-channel scales, the rest float32
+        assert ckpt["quant_weights"] and all(v.dtype == torch.float32 for v in floats)
+        assert all(q.dtype == torch.int8 for q in ckpt["quant_weights"].values())
+        assert (ARTIFACTS / name).stat().st_size == entry["size_bytes"]
+    if "test_change" in entry:  # the storage met its bar against the float32 weights
+        check_storage(entry)
+        assert entry["test_change"]["mae"] == pytest.approx(
+            entry["test_metrics"]["mae"] - entry["test_metrics_float32"]["mae"], abs=1e-12)
     assert entry["command"].startswith(f"epic train --model {entry['model']} ")
 
 
