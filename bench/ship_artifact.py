@@ -1,14 +1,16 @@
-"""Ship a trained checkpoint into ``artifacts/``: float16 weights plus a manifest entry.
+"""Ship a trained checkpoint into ``artifacts/``: compact weights plus a manifest entry.
 
     .venv/bin/python bench/ship_artifact.py runs/fidelity/flatvel-a/epic \
-        --test data/flatvel-a/test --maps ../shared/openfwi/FlatVelA_test.zip
+        --test data/flatvel-a/test --maps ../shared/openfwi/FlatVelA_test.zip --weights int8
 
-Writes ``artifacts/<model>-<dataset>.pt`` (floating-point weights in float16) and updates
-``artifacts/manifest.json`` with: the command that trained it (from its training config),
-the data, the budget (epochs, samples, wall time), the test metrics of the float32 and the
-float16 weights (float16 must cost no fidelity: |delta MAE| <= 1e-3), and the metrics on a
-small fixed subset (the first ``--subset`` maps of ``--maps``, re-synthesised) that
-``tests/unit/test_artifacts.py`` reproduces.
+Writes ``artifacts/<model>-<dataset>.pt`` (``--weights``: int8 per-channel conv/linear
+weights, or float16; :mod:`epic.models.checkpoint`) and updates ``artifacts/manifest.json``
+with: the command that trained it (from its training config), the data, the budget (epochs,
+samples, wall time), the test metrics of the float32 and of the shipped weights and their
+change (``test_change``, ``mae_rel``; the bar, :func:`epic.ship.check_storage`: int8 within
+1 % of the float32 MAE, float16 within 1e-3), and the metrics on a small fixed subset (the
+first ``--subset`` maps of ``--maps``, re-synthesised) that ``tests/unit/test_artifacts.py``
+reproduces.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import torch
 
 from epic.data.normalized import load_normalized
 from epic.data.synth import read_card, synthesize
+from epic.errors import InputError
 from epic.metrics import fidelity
 from epic.models.checkpoint import load_checkpoint, save_checkpoint
+from epic.ship import check_storage, shipped_copy, storage_record
 from epic.train import predict
 
 MANIFEST = Path("artifacts/manifest.json")
@@ -49,6 +53,7 @@ def main() -> None:
     p.add_argument("--test", type=Path, required=True)
     p.add_argument("--maps", type=Path, required=True, help="real maps for the fixed subset")
     p.add_argument("--subset", type=int, default=4)
+    p.add_argument("--weights", choices=("int8", "float16"), default="int8")
     a = p.parse_args()
     torch.set_num_threads(2)
     model, ckpt = load_checkpoint(a.run_dir / "model.pt")
@@ -57,16 +62,17 @@ def main() -> None:
     test = load_normalized(a.test)
     full = fidelity(predict(model, test.x), test.y)
     with tempfile.TemporaryDirectory() as tmp:
-        half_path = save_checkpoint(Path(tmp) / "half.pt", model, name, ckpt["config"],
-                                    dataset, ckpt["meta"], half=True)
-        half_model, _ = load_checkpoint(half_path)
-        half = fidelity(predict(half_model, test.x), test.y)
-        if abs(half["mae"] - full["mae"]) > 1e-3:
-            raise SystemExit(f"float16 changes MAE {full['mae']:.5f} -> {half['mae']:.5f}")
+        shipped_model = shipped_copy(model, name, ckpt["config"], dataset, a.weights, tmp)
+        storage = storage_record(full, fidelity(predict(shipped_model, test.x), test.y),
+                                 a.weights)
+        try:
+            check_storage(storage)
+        except InputError as exc:
+            raise SystemExit(str(exc)) from None
         sub_dir = Path(tmp) / "subset"
         synthesize(dataset, a.subset, 0, sub_dir, maps_path=a.maps, threads=2)
         sub = load_normalized(sub_dir)
-        subset = fidelity(predict(half_model, sub.x), sub.y)
+        subset = fidelity(predict(shipped_model, sub.x), sub.y)
     log = [json.loads(x) for x in (a.run_dir / "log.jsonl").read_text().splitlines()]
     data_commands = []
     for split_dir in (Path(train["data_dir"]), a.test):
@@ -83,18 +89,18 @@ def main() -> None:
         "config": ckpt["config"],
         "parameters": sum(t.numel() for t in model.state_dict().values()
                           if t.is_floating_point()),
-        "weights_dtype": "float16",
         "command": _train_command(train),
         "data": {"train": train["data_dir"], "test": str(a.test), "commands": data_commands,
                  "train_samples": log[-1]["samples_seen"], "test_samples": len(test.x)},
         "budget": {"epochs": log[-1]["epoch"], "batch": train["batch"],
                    "train_wall_s": log[-1]["wall_s"], "machine": "2-core CPU, shared"},
-        "test_metrics_float32": full,
-        "test_metrics": half,
+        **storage,  # weights_dtype, test_metrics_float32, test_metrics, test_change
         "subset": {"maps": str(a.maps), "first": a.subset, "seed": 0, "metrics": subset},
     }
-    save_checkpoint(out, half_model, name, ckpt["config"], dataset,
-                    {k: v for k, v in entry.items() if k != "file"}, half=True)
+    # from the float32 model: the same codes / values as the copy measured above
+    save_checkpoint(out, model, name, ckpt["config"], dataset,
+                    {k: v for k, v in entry.items() if k != "file"}, weights=a.weights)
+    entry["size_bytes"] = out.stat().st_size
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {"checkpoints": {}}
     manifest["checkpoints"][out.name] = entry
     MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
