@@ -24,6 +24,10 @@ COLUMNS = (("epic", "EPIC"), ("inversionnet", "InversionNet"), ("equal-fusion", 
 PUBLISHED = {"flatvel-a": (0.0131, 0.9895)}
 
 
+LEARNT_CUT_PCT = 30.0
+"""A row counts as learnt where EPIC's MAE is at least this far below the mean map's."""
+
+
 def mean_map_mae(data_root: Path, dataset: str) -> float | None:
     """Test MAE of always predicting the training set's mean map (the no-skill baseline)."""
     spec = get_dataset(dataset)
@@ -48,8 +52,8 @@ def _rows(root: Path) -> list[dict]:
 
 def fidelity_table(rows: list[dict], data_root: Path) -> list[str]:
     head = "| dataset | budget | " + " | ".join(f"{t} MAE / SSIM" for _, t in COLUMNS)
-    lines = [head + " | mean-map MAE | EPIC <= InversionNet MAE | published InversionNet MAE / "
-             "SSIM |", "|" + "---|" * (len(COLUMNS) + 5)]
+    lines = [head + " | mean-map MAE | EPIC learnt | EPIC <= InversionNet MAE | published "
+             "InversionNet MAE / SSIM |", "|" + "---|" * (len(COLUMNS) + 6)]
     wins = 0
     for row in rows:
         res = row["results"]
@@ -69,8 +73,14 @@ def fidelity_table(rows: list[dict], data_root: Path) -> list[str]:
         budget = (f"{row['train_count']}/{row['test_count']}, {row['epochs']} ep, "
                   f"{row.get('precision', 'fp32')}")
         base = mean_map_mae(data_root, row["dataset"])
+        learnt = "-"
+        if base is not None and "epic" in res:  # at least 30 % below the no-skill mean map
+            cut = 100 * (1 - res["epic"]["mae"] / base)
+            learnt = f"yes ({cut:.0f} % below)" if cut >= LEARNT_CUT_PCT else (
+                f"**no** ({cut:.0f} % below): needs a larger budget")
         lines.append(f"| {row['dataset']} | {budget} | " + " | ".join(cells)
-                     + f" | {'-' if base is None else f'{base:.4f}'} | {'yes' if win else 'no'} | "
+                     + f" | {'-' if base is None else f'{base:.4f}'} | {learnt} | "
+                     + f"{'yes' if win else 'no'} | "
                      + (f"{pub[0]:.4f} / {pub[1]:.4f} |" if pub else "- |"))
     lines += ["", f"EPIC at or below InversionNet's MAE on **{wins} of {len(rows)}** datasets."]
     return lines

@@ -20,9 +20,9 @@ budget, metrics) and ``weights_dtype`` (how the weights are stored, :data:`WEIGH
 ``weights_dtype`` (format 1, or format 2 before int8) hold float16 or float32 tensors in
 ``state_dict`` and load as before.
 
-Format 2 changed two defaults of the distributed models (the encoder's 4x time decimation
-and a lighter upsampling head); a format-1 checkpoint's config is read with the old
-defaults filled in (:data:`FORMAT1_DEFAULTS`), so it rebuilds exactly the model it holds.
+Format 2 changed a default of the distributed models (the encoder's 4x time decimation); a
+format-1 checkpoint's config is read with the old default filled in
+(:data:`FORMAT1_DEFAULTS`), so it rebuilds exactly the model it holds.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ __all__ = ["FORMAT", "FORMAT1", "INT8_QMAX", "INT8_SCHEME", "WEIGHTS", "convert_
 
 FORMAT = "epic-checkpoint/2"
 FORMAT1 = "epic-checkpoint/1"
-FORMAT1_DEFAULTS = {"decimate": 1, "head_widths": (128, 64, 32)}
+FORMAT1_DEFAULTS = {"decimate": 1}
 """Constructor defaults of the distributed models when format 1 was written."""
 
 WEIGHTS = ("float32", "float16", "int8")
@@ -162,10 +162,7 @@ def model_config(ckpt: dict) -> dict:
     """The constructor keywords that rebuild ``ckpt``'s model (format-1 defaults filled in)."""
     config = dict(ckpt["config"])
     if ckpt.get("format") == FORMAT1 and ckpt["model"] in DISTRIBUTED:
-        legacy = dict(FORMAT1_DEFAULTS)
-        if ckpt["model"] not in ("epic", "epic-noprior", "epic-resize"):
-            legacy.pop("head_widths")  # only EPIC's head took the new default
-        config = {**legacy, **config}
+        config = {**FORMAT1_DEFAULTS, **config}
     return config
 
 

@@ -98,7 +98,7 @@ class CrossAttentionDecoder(nn.Module):
 
     def __init__(self, token_dim: int = 64, dim: int = 128, heads: int = 4, depth: int = 3,
                  grid: int = 10, use_prior: bool = True, n_freqs: int = 8,
-                 upsample: str = "transpose", head_widths: tuple[int, ...] = (64, 32, 16)):
+                 upsample: str = "transpose", head_widths: tuple[int, ...] = (128, 64, 32)):
         super().__init__()
         self.geometry = PhysicalGeometry(grid=grid)
         self.grid, self.heads, self.use_prior, self.n_freqs = grid, heads, use_prior, n_freqs

@@ -83,7 +83,7 @@ class DeviceEncoder(nn.Module):
     """``(B, 5, 1000, n_rx)`` -> ``(B, n_rx, token_dim)`` tokens, one per receiver."""
 
     def __init__(self, token_dim: int = 64, width: int = 64, n_shots: int = 5, nt: int = 1000,
-                 decimate: int = 1):
+                 decimate: int = 1, time_strides: tuple[int, ...] | None = None):
         super().__init__()
         if token_dim < 1 or width < 8:
             raise ValueError(f"token_dim must be >= 1 and width >= 8, got {token_dim}, {width}")
@@ -91,11 +91,16 @@ class DeviceEncoder(nn.Module):
             raise ValueError(f"DeviceEncoder: decimate must be 1 or 4, got {decimate}")
         w2, w4 = width // 4, width // 2
         self.nt, self.decimate = nt, decimate
-        # decimate=4: after the Decimator (1000 -> 250 samples) the first five blocks halve
-        # time and the last two keep it: 250 -> 125 -> 63 -> 32 -> 16 -> 8, the same 8 steps
-        # as without it, at about a third of the multiply-adds
+        # decimate=4: after the Decimator (1000 -> 250 samples) the first block keeps the
+        # 4 ms rate, the next five halve it and the last keeps it: 250 -> 125 -> 63 -> 32 ->
+        # 16 -> 8, the same 8 steps as without it, at about half the multiply-adds. (Halving
+        # in the first block as well, down to 4 steps at the end, costs 9 % of MAE at the
+        # 1,200 x 5 budget; docs/training.md.)
         self.decimator = Decimator(decimate, n_shots) if decimate > 1 else None
-        strides = [2] * 7 if decimate == 1 else [2, 2, 2, 2, 2, 1, 1]
+        strides = list(time_strides or ([2] * 7 if decimate == 1 else [1, 2, 2, 2, 2, 2, 1]))
+        if len(strides) != 7 or any(s not in (1, 2) for s in strides):
+            raise ValueError(f"DeviceEncoder: time_strides must be 7 values of 1 or 2, got "
+                             f"{time_strides}")
         s1, s2, s3, s4, s5, s6, s7 = ((s, 1) for s in strides)
         self.body = nn.Sequential(
             _block(n_shots, w2, (7, 1), s1, (3, 0)),  # (B, 16, 500, 14) at decimate=1
@@ -109,6 +114,7 @@ class DeviceEncoder(nn.Module):
         t_left = self.decimator.output_length(nt) if self.decimator else nt
         for stride in strides:
             t_left = (t_left + 1) // 2 if stride == 2 else t_left
+        self.time_strides = tuple(strides)
         self.project = nn.Conv2d(width, token_dim, (t_left, 1))  # (B, token_dim, 1, 14)
         self.token_dim = token_dim
 

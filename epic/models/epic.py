@@ -22,13 +22,15 @@ class DistributedModel(nn.Module):
     """Base: ``forward(x (B, 5, 1000, 70), present (B, n_devices) bool) -> (B, 1, 70, 70)``."""
 
     def __init__(self, token_dim: int = 64, n_devices: int = 5, n_rx: int = 70,
-                 encoder_width: int = 64, decimate: int = 4):
+                 encoder_width: int = 64, decimate: int = 4,
+                 time_strides: tuple[int, ...] | None = None):
         super().__init__()
         if n_rx % n_devices:
             raise ValueError(f"{n_rx} receivers do not split evenly over {n_devices} devices")
         self.n_devices, self.n_rx, self.token_dim = n_devices, n_rx, token_dim
         self.rx_per_device = n_rx // n_devices
-        self.encoder = DeviceEncoder(token_dim=token_dim, width=encoder_width, decimate=decimate)
+        self.encoder = DeviceEncoder(token_dim=token_dim, width=encoder_width, decimate=decimate,
+                                     time_strides=time_strides)
 
     def latent_values_per_device(self) -> int:
         """int8 values one device sends per shot-gather."""
@@ -67,7 +69,7 @@ class EPICModel(DistributedModel):
 
     def __init__(self, token_dim: int = 64, use_prior: bool = True, dim: int = 128,
                  depth: int = 3, heads: int = 4, upsample: str = "transpose",
-                 head_widths: tuple[int, ...] = (64, 32, 16), **kwargs):
+                 head_widths: tuple[int, ...] = (128, 64, 32), **kwargs):
         super().__init__(token_dim=token_dim, **kwargs)
         self.decoder = CrossAttentionDecoder(token_dim=token_dim, dim=dim, heads=heads,
                                              depth=depth, use_prior=use_prior,

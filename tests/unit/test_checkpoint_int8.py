@@ -82,7 +82,8 @@ def test_int8_round_trip_within_half_a_step_per_channel(int8_checkpoints, kind):
         assert s.dtype == torch.float32 and s.shape == (q.shape[0],)
         assert int(q.abs().max()) <= INT8_QMAX
         err = (got[k] - want[k]).abs().reshape(q.shape[0], -1).amax(dim=1)
-        assert (err <= 0.5 * s * (1 + 1e-5)).all(), k
+        # half a step, plus float32 rounding of w / s and q * s (|w| <= 127 s)
+        assert (err <= 0.5 * s + 127 * s * 2.0**-22).all(), k
         # each channel's largest |w| is a full-scale code (the scale is not wasted); an
         # all-zero channel (EPIC's query embedding starts at zero) has codes 0 and scale 1
         top = q.reshape(q.shape[0], -1).abs().amax(dim=1)
