@@ -125,17 +125,18 @@ def _synth(plan: DatasetPlan, data_root: Path, openfwi: Path | None, device: str
 
 def _mean_map_mae(train_dir: Path, test_dir: Path) -> float:
     """MAE of always predicting the training maps' mean (normalised scale): no skill."""
-    from epic.data.cache import cached_split
+    from epic.data.normalized import resolve_dataset
+    from epic.data.openfwi import find_shards, load_velocity
+    from epic.data.transforms import normalize_velocity
 
-    train_y = cached_split(train_dir, decimate=1).y
-    test_y = cached_split(test_dir, decimate=1).y
-    mean = np.zeros(train_y.shape[1:], np.float64)
-    for i in range(0, len(train_y), 500):
-        mean += train_y[i : i + 500].astype(np.float64).sum(axis=0)
-    mean /= len(train_y)
-    err = [np.abs(test_y[i : i + 500].astype(np.float64) - mean).mean(axis=(1, 2, 3))
-           for i in range(0, len(test_y), 500)]
-    return float(np.concatenate(err).mean())
+    spec = resolve_dataset(train_dir)
+
+    def maps(directory: Path) -> np.ndarray:
+        return normalize_velocity(
+            np.concatenate([load_velocity(p.model_path) for p in find_shards(directory)]),
+            spec.velocity_min_mps, spec.velocity_max_mps)
+
+    return float(np.abs(maps(test_dir) - maps(train_dir).mean(axis=0)).mean())
 
 
 def run_pipeline(scale: str, out_dir: str | Path, device: str = "cpu",
