@@ -54,6 +54,9 @@ def main() -> None:
     p.add_argument("--maps", type=Path, required=True, help="real maps for the fixed subset")
     p.add_argument("--subset", type=int, default=4)
     p.add_argument("--weights", choices=("int8", "float16"), default="int8")
+    p.add_argument("--keep-float32", action="append", default=[], metavar="PREFIX",
+                   help="tensors whose name starts with PREFIX stay float32 (repeatable), "
+                   "e.g. encoder. for EPIC's device encoder")
     a = p.parse_args()
     torch.set_num_threads(2)
     model, ckpt = load_checkpoint(a.run_dir / "model.pt")
@@ -62,7 +65,8 @@ def main() -> None:
     test = load_normalized(a.test)
     full = fidelity(predict(model, test.x), test.y)
     with tempfile.TemporaryDirectory() as tmp:
-        shipped_model = shipped_copy(model, name, ckpt["config"], dataset, a.weights, tmp)
+        shipped_model = shipped_copy(model, name, ckpt["config"], dataset, a.weights, tmp,
+                                     tuple(a.keep_float32))
         storage = storage_record(full, fidelity(predict(shipped_model, test.x), test.y),
                                  a.weights)
         try:
@@ -90,6 +94,7 @@ def main() -> None:
         "parameters": sum(t.numel() for t in model.state_dict().values()
                           if t.is_floating_point()),
         "command": _train_command(train),
+        "float32_prefixes": a.keep_float32,
         "data": {"train": train["data_dir"], "test": str(a.test), "commands": data_commands,
                  "train_samples": log[-1]["samples_seen"], "test_samples": len(test.x)},
         "budget": {"epochs": log[-1]["epoch"], "batch": train["batch"],
@@ -99,7 +104,8 @@ def main() -> None:
     }
     # from the float32 model: the same codes / values as the copy measured above
     save_checkpoint(out, model, name, ckpt["config"], dataset,
-                    {k: v for k, v in entry.items() if k != "file"}, weights=a.weights)
+                    {k: v for k, v in entry.items() if k != "file"}, weights=a.weights,
+                    float32_prefixes=tuple(a.keep_float32))
     entry["size_bytes"] = out.stat().st_size
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {"checkpoints": {}}
     manifest["checkpoints"][out.name] = entry

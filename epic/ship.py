@@ -60,11 +60,11 @@ METRICS = ("mae", "rmse", "ssim")
 
 
 def shipped_copy(model: nn.Module, name: str, config: dict, dataset: str, weights: str,
-                 directory: str | Path) -> nn.Module:
+                 directory: str | Path, float32_prefixes: tuple[str, ...] = ()) -> nn.Module:
     """``model`` saved with ``weights`` storage in ``directory/shipped-WEIGHTS.pt`` and loaded
     back: a float32 model with exactly the weights the shipped file gives."""
     path = save_checkpoint(Path(directory) / f"shipped-{weights}.pt", model, name, config,
-                           dataset, weights=weights)
+                           dataset, weights=weights, float32_prefixes=float32_prefixes)
     return load_checkpoint(path)[0]
 
 
