@@ -33,6 +33,7 @@ import numpy as np
 
 from epic.accel import check_device
 from epic.errors import InputError
+from epic.rundir import write_json
 
 __all__ = ["SCALES", "DatasetPlan", "PipelinePlan", "run_pipeline"]
 
@@ -237,7 +238,5 @@ def run_pipeline(scale: str, out_dir: str | Path, device: str = "cpu",
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["written_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out / "results.json")
+    write_json(out / "results.json", results)
     return results

@@ -32,6 +32,7 @@ from epic.data import families
 from epic.data.forward import OPENFWI_ACQUISITION, Acquisition, forward_model
 from epic.data.openfwi import DatasetSpec, get_dataset, read_velocity_maps
 from epic.errors import DataError, InputError
+from epic.rundir import write_json
 
 __all__ = ["CARD_NAME", "SynthResult", "read_card", "synthesize"]
 
@@ -134,9 +135,7 @@ def _open_staging(staging: Path, job: dict) -> None:
                 "command that started it to resume")
         return
     staging.mkdir(parents=True, exist_ok=True)
-    tmp = job_path.with_name("job.json.tmp")
-    tmp.write_text(json.dumps(job, indent=2) + "\n")
-    os.replace(tmp, job_path)
+    write_json(job_path, job)
 
 
 def synthesize(
