@@ -176,6 +176,44 @@ def train_cmd(model, data_dir, out_dir, epochs, batch, seed, max_minutes, lr, to
     click.echo(json.dumps(record))
 
 
+@cli.command("finetune")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="EPIC checkpoint, e.g. artifacts/epic-flatvel-a.pt.")
+@click.option("--encoders", "encoders_dir", required=True, type=click.Path(path_type=Path),
+              help="Its int8 encoders (epic export's output), e.g. "
+              "artifacts/encoders/epic-flatvel-a.")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="OpenFWI-layout training split.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--batch", default=16, show_default=True, type=int)
+@click.option("--lr", default=1e-4, show_default=True, type=float)
+@click.option("--p-int8", default=0.5, show_default=True, type=float,
+              help="Probability that a device's latent comes from its int8 encoder.")
+@click.option("--device-dropout", default=0.3, show_default=True, type=float)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="bf16",
+              show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first N gathers.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, default=None)
+def finetune_cmd(checkpoint, encoders_dir, data_dir, out_dir, epochs, batch, lr, p_int8,
+                 device_dropout, precision, limit, seed, device, threads) -> None:
+    """Adapt the decoder to the int8 encoders (quantisation-aware); OUT/model.pt.
+
+    The encoder is frozen, so the exported encoders stay exact for the new checkpoint;
+    rerun the same command to resume (see epic/finetune.py).
+    """
+    from epic.finetune import FinetuneConfig, finetune_decoder
+
+    cfg = FinetuneConfig(epochs=epochs, batch=batch, lr=lr, p_int8=p_int8,
+                         device_dropout=device_dropout, precision=precision, seed=seed,
+                         limit=limit)
+    record = finetune_decoder(checkpoint, encoders_dir, data_dir, out_dir, cfg, device=device,
+                              threads=threads)
+    click.echo(json.dumps(record))
+
+
 @cli.command("pipeline")
 @click.option("--scale", required=True, type=click.Choice(["smoke", "cpu", "full"]),
               help="smoke: seconds, for tests; cpu: the 2-core budget; full: the issue's "
