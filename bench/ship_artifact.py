@@ -9,8 +9,13 @@ with: the command that trained it (from its training config), the data, the budg
 samples, wall time), the test metrics of the float32 and of the shipped weights and their
 change (``test_change``, ``mae_rel``; the bar, :func:`epic.ship.check_storage`: int8 within
 1 % of the float32 MAE, float16 within 1e-3), and the metrics on a small fixed subset (the
-first ``--subset`` maps of ``--maps``, re-synthesised) that ``tests/unit/test_artifacts.py``
-reproduces.
+first ``--subset`` maps of ``--maps``, re-synthesised; for a generator dataset, without
+``--maps``, the first ``--subset`` maps of its generator at ``--subset-seed``) that
+``tests/unit/test_artifacts.py`` reproduces.
+
+A checkpoint from ``epic finetune`` (its meta holds ``finetune``) keeps its source's command,
+data and budget, and its entry adds the fine-tuning: command, epochs, gathers, wall time and
+the int8 encoders it was adapted to.
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--test", type=Path, required=True)
-    p.add_argument("--maps", type=Path, required=True, help="real maps for the fixed subset")
+    p.add_argument("--maps", type=Path, help="real maps for the fixed subset (default: the "
+                   "dataset's generator, for the generator datasets)")
     p.add_argument("--subset", type=int, default=4)
+    p.add_argument("--subset-seed", type=int, default=0, help="generator seed of the subset")
     p.add_argument("--weights", choices=("int8", "float16"), default="int8")
     p.add_argument("--keep-float32", action="append", default=[], metavar="PREFIX",
                    help="tensors whose name starts with PREFIX stay float32 (repeatable), "
@@ -60,7 +67,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(2)
     model, ckpt = load_checkpoint(a.run_dir / "model.pt")
-    name, dataset, train = ckpt["model"], ckpt["dataset"], ckpt["meta"]["train"]
+    name, dataset, meta = ckpt["model"], ckpt["dataset"], ckpt["meta"]
+    finetune = meta.get("finetune")
     out = Path("artifacts") / f"{name}-{dataset}.pt"
     test = load_normalized(a.test)
     full = fidelity(predict(model, test.x), test.y)
@@ -74,18 +82,39 @@ def main() -> None:
         except InputError as exc:
             raise SystemExit(str(exc)) from None
         sub_dir = Path(tmp) / "subset"
-        synthesize(dataset, a.subset, 0, sub_dir, maps_path=a.maps, threads=2)
+        seed = 0 if a.maps else a.subset_seed
+        synthesize(dataset, a.subset, seed, sub_dir, maps_path=a.maps, threads=2)
         sub = load_normalized(sub_dir)
         subset = fidelity(predict(shipped_model, sub.x), sub.y)
     log = [json.loads(x) for x in (a.run_dir / "log.jsonl").read_text().splitlines()]
-    data_commands = []
-    for split_dir in (Path(train["data_dir"]), a.test):
-        card = read_card(split_dir) or {}
-        gen = card.get("generator", {})
-        maps = f" --maps {gen['source']}" if gen.get("kind") == "maps" else ""
-        data_commands.append(f"epic data synth --dataset {card.get('dataset')} --count "
-                             f"{card.get('count')} --seed {card.get('seed')} --out {split_dir}"
-                             f"{maps}")
+    if finetune:  # the source's training, then the fine-tuning of this run
+        base = {k: meta[k] for k in ("command", "data", "budget")}
+        base["data"] = {**base["data"], "test": str(a.test), "test_samples": len(test.x)}
+        cfg = finetune["config"]
+        base["finetune"] = {
+            "command": (f"epic finetune --checkpoint {finetune['source_checkpoint']} "
+                        f"--encoders {finetune['encoders']['dir']} --data {finetune['data']} "
+                        f"--out {a.run_dir} --epochs {cfg['epochs']} --batch {cfg['batch']} "
+                        f"--lr {cfg['lr']} --p-int8 {cfg['p_int8']} --precision "
+                        f"{cfg['precision']}"),
+            "epochs": log[-1]["epoch"], "gathers": finetune["gathers"],
+            "wall_s": log[-1]["wall_s"], "encoders": finetune["encoders"]}
+    else:
+        train = meta["train"]
+        data_commands = []
+        for split_dir in (Path(train["data_dir"]), a.test):
+            card = read_card(split_dir) or {}
+            gen = card.get("generator", {})
+            maps = f" --maps {gen['source']}" if gen.get("kind") == "maps" else ""
+            data_commands.append(f"epic data synth --dataset {card.get('dataset')} --count "
+                                 f"{card.get('count')} --seed {card.get('seed')} --out "
+                                 f"{split_dir}{maps}")
+        base = {"command": _train_command(train),
+                "data": {"train": train["data_dir"], "test": str(a.test),
+                         "commands": data_commands, "train_samples": log[-1]["samples_seen"],
+                         "test_samples": len(test.x)},
+                "budget": {"epochs": log[-1]["epoch"], "batch": train["batch"],
+                           "train_wall_s": log[-1]["wall_s"], "machine": "2-core CPU, shared"}}
     entry = {
         "file": out.name,
         "model": name,
@@ -93,14 +122,11 @@ def main() -> None:
         "config": ckpt["config"],
         "parameters": sum(t.numel() for t in model.state_dict().values()
                           if t.is_floating_point()),
-        "command": _train_command(train),
         "float32_prefixes": a.keep_float32,
-        "data": {"train": train["data_dir"], "test": str(a.test), "commands": data_commands,
-                 "train_samples": log[-1]["samples_seen"], "test_samples": len(test.x)},
-        "budget": {"epochs": log[-1]["epoch"], "batch": train["batch"],
-                   "train_wall_s": log[-1]["wall_s"], "machine": "2-core CPU, shared"},
+        **base,  # command, data, budget (and finetune)
         **storage,  # weights_dtype, test_metrics_float32, test_metrics, test_change
-        "subset": {"maps": str(a.maps), "first": a.subset, "seed": 0, "metrics": subset},
+        "subset": {"maps": str(a.maps) if a.maps else None, "first": a.subset,
+                   "seed": 0 if a.maps else a.subset_seed, "metrics": subset},
     }
     # from the float32 model: the same codes / values as the copy measured above
     save_checkpoint(out, model, name, ckpt["config"], dataset,
