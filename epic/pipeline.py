@@ -69,6 +69,7 @@ class PipelinePlan:
     precision: str = "bf16"
     model_config: dict = field(default_factory=dict)
     n_calibration: int = 64
+    n_parity: int = 200  # test gathers of the int8 encoders' end-to-end parity
     export_devices: tuple[int, ...] = ()  # () = all five
 
 
@@ -81,7 +82,7 @@ def _scales() -> dict[str, PipelinePlan]:
         "cpu": PipelinePlan("cpu", (
             DatasetPlan("flatvel-a", 5000, 500, both, epochs=8, ablation_seeds=(0, 1, 2)),
             DatasetPlan("curvevel-a", 5000, 500, both, epochs=8),
-            *(DatasetPlan(name, 2000, 500, ("epic",), epochs=8) for name in _GENERATED),
+            *(DatasetPlan(name, 2000, 200, ("epic",), epochs=8) for name in _GENERATED),
         )),
         "full": PipelinePlan("full", (
             DatasetPlan("flatvel-a", 5000, 1000, both, epochs=120, ablation_seeds=(0, 1, 2)),
@@ -229,7 +230,8 @@ def run_pipeline(scale: str, out_dir: str | Path, device: str = "cpu",
         enc_dir = out / "encoders" / ds.name
         if "epic" in ds.models and not (enc_dir / "manifest.json").is_file():
             export_encoders(epic_ckpt, dirs["train"], enc_dir, n_calibration=plan.n_calibration,
-                            test_dir=dirs["test"], devices=plan.export_devices or None)
+                            test_dir=dirs["test"], n_test=plan.n_parity,
+                            devices=plan.export_devices or None)
         if (enc_dir / "parity.json").is_file():
             row["encoders"] = {"dir": str(enc_dir),
                                "parity": json.loads((enc_dir / "parity.json").read_text())}
