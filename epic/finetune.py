@@ -14,7 +14,8 @@ calibration draw (docs/benchmarks.md), outside the +-2 % parity target.
 2. **Decoder.** The encoder is frozen, so the exported encoders stay exact for the new
    checkpoint. The decoder trains on a mixture: each device of each sample sends its int8
    latent with probability ``p_int8`` (default 0.5), else its float one, and devices drop out
-   as in training (``device_dropout``). L1 loss on the normalised velocity, AdamW with cosine
+   as in training (``device_dropout``). A device without an exported encoder always sends
+   its float latent. L1 loss on the normalised velocity, AdamW with cosine
    decay from ``lr``, bf16 autocast where asked. ``OUT/last.pt`` after every epoch: a killed
    job resumes from its last whole epoch.
 3. ``OUT/model.pt``: the whole model, its ``meta["finetune"]`` naming the encoders it was
@@ -101,9 +102,9 @@ def _encoders(encoders_dir: Path, checkpoint: Path, ckpt: dict, model: Distribut
     if manifest.get("dataset") != ckpt["dataset"]:
         raise InputError(f"--encoders {encoders_dir}: dataset {manifest.get('dataset')!r}, the "
                          f"checkpoint's is {ckpt['dataset']!r}")
-    if sorted(ids) != list(range(1, model.n_devices + 1)):
-        raise InputError(f"--encoders {encoders_dir}: encoders for devices {sorted(ids)}; "
-                         f"fine-tuning needs all {model.n_devices}")
+    if not ids or not set(ids) <= set(range(1, model.n_devices + 1)):
+        raise InputError(f"--encoders {encoders_dir}: encoders for devices {sorted(ids)}; the "
+                         f"model has devices 1..{model.n_devices}")
     return ({d: EncoderRuntime.from_manifest(manifest_path, d) for d in ids},
             {"dir": str(encoders_dir), "manifest_sha256": sha256_file(manifest_path),
              "calibration": manifest.get("calibration", {}).get("samples")})

@@ -11,7 +11,11 @@ runs under a per-command time limit, as on a lent GPU machine) continues where i
    mean-map baseline (the training maps' mean);
 4. **export** the int8 device encoders of each dataset's EPIC model
    (:func:`epic.export.export_encoders`) into ``OUT/encoders/<dataset>``;
-5. write ``OUT/results.json``: per dataset and model the budget (gathers, epochs, batch,
+5. **fine-tune** that model's decoder against its int8 encoders where the plan asks
+   (:func:`epic.finetune.finetune_decoder`, into ``OUT/runs/<dataset>/epic-seed0-int8ft``),
+   evaluate it, and export its encoders again (the same ``.tflite`` bytes, a manifest and a
+   parity for the new checkpoint) into ``OUT/encoders/<dataset>-int8ft``;
+6. write ``OUT/results.json``: per dataset and model the budget (gathers, epochs, batch,
    optimiser, precision, device, wall time) and the test metrics.
 
 Scales: ``smoke`` (seconds on a CPU: what the test suite runs), ``cpu`` (the budget the 2-core
@@ -56,6 +60,7 @@ class DatasetPlan:
     seeds: tuple[int, ...] = (0,)
     ablation_seeds: tuple[int, ...] = ()  # extra seeds of epic and epic-noprior
     epochs: int = 10
+    finetune_epochs: int = 0  # quantisation-aware decoder fine-tuning of epic-seed0 (0: none)
 
 
 @dataclass(frozen=True)
@@ -77,17 +82,21 @@ def _scales() -> dict[str, PipelinePlan]:
     both = ("epic", "inversionnet")
     return {
         "smoke": PipelinePlan(
-            "smoke", (DatasetPlan("flatvel-a", 16, 8, both, epochs=2, ablation_seeds=(1,)),),
+            "smoke", (DatasetPlan("flatvel-a", 16, 8, both, epochs=2, ablation_seeds=(1,),
+                                  finetune_epochs=1),),
             batch=4, model_config=TINY_MODELS, n_calibration=4, export_devices=(1,)),
         "cpu": PipelinePlan("cpu", (
-            DatasetPlan("flatvel-a", 5000, 500, both, epochs=8, ablation_seeds=(0, 1, 2)),
-            DatasetPlan("curvevel-a", 5000, 500, both, epochs=8),
+            DatasetPlan("flatvel-a", 5000, 500, both, epochs=8, ablation_seeds=(0, 1, 2),
+                        finetune_epochs=3),
+            DatasetPlan("curvevel-a", 5000, 500, both, epochs=8, finetune_epochs=3),
             *(DatasetPlan(name, 2000, 200, ("epic",), epochs=8) for name in _GENERATED),
         )),
         "full": PipelinePlan("full", (
-            DatasetPlan("flatvel-a", 5000, 1000, both, epochs=120, ablation_seeds=(0, 1, 2)),
-            DatasetPlan("curvevel-a", 5000, 1000, both, epochs=120),
-            *(DatasetPlan(name, 2000, 500, ("epic",), epochs=120) for name in _GENERATED),
+            DatasetPlan("flatvel-a", 5000, 1000, both, epochs=120, ablation_seeds=(0, 1, 2),
+                        finetune_epochs=3),
+            DatasetPlan("curvevel-a", 5000, 1000, both, epochs=120, finetune_epochs=3),
+            *(DatasetPlan(name, 2000, 500, ("epic",), epochs=120, finetune_epochs=3)
+              for name in _GENERATED),
         )),
     }
 
@@ -139,6 +148,30 @@ def _mean_map_mae(train_dir: Path, test_dir: Path) -> float:
             spec.velocity_min_mps, spec.velocity_max_mps)
 
     return float(np.abs(maps(test_dir) - maps(train_dir).mean(axis=0)).mean())
+
+
+def _finetune(ds: DatasetPlan, plan: PipelinePlan, out: Path, dirs: dict[str, Path],
+              epic_ckpt: Path, enc_dir: Path, device: str) -> dict:
+    """Step 5: EPIC's decoder fine-tuned against its int8 encoders, evaluated and re-exported."""
+    from epic.evaluate import evaluate
+    from epic.export import export_encoders
+    from epic.finetune import FinetuneConfig, finetune_decoder
+
+    run_dir = out / "runs" / ds.name / "epic-seed0-int8ft"
+    ft_enc = out / "encoders" / f"{ds.name}-int8ft"
+    cfg = FinetuneConfig(epochs=ds.finetune_epochs, batch=plan.batch)
+    if not (ft_enc / "manifest.json").is_file():
+        finetune_decoder(epic_ckpt, enc_dir, dirs["train"], run_dir, cfg, device=device)
+        evaluate("epic", run_dir / "model.pt", dirs["test"], run_dir / "test.json",
+                 device=device)
+        export_encoders(run_dir / "model.pt", dirs["train"], ft_enc,
+                        n_calibration=plan.n_calibration, test_dir=dirs["test"],
+                        n_test=plan.n_parity, devices=plan.export_devices or None)
+    metrics = json.loads((run_dir / "test.json").read_text())
+    return {"checkpoint": str(run_dir / "model.pt"), "config": asdict(cfg),
+            "test": {k: metrics[k] for k in ("mae", "rmse", "ssim", "samples")},
+            "encoders": {"dir": str(ft_enc),
+                         "parity": json.loads((ft_enc / "parity.json").read_text())}}
 
 
 def run_pipeline(scale: str, out_dir: str | Path, device: str = "cpu",
@@ -235,6 +268,8 @@ def run_pipeline(scale: str, out_dir: str | Path, device: str = "cpu",
         if (enc_dir / "parity.json").is_file():
             row["encoders"] = {"dir": str(enc_dir),
                                "parity": json.loads((enc_dir / "parity.json").read_text())}
+        if "epic" in ds.models and ds.finetune_epochs:
+            row["finetuned"] = _finetune(ds, plan, out, dirs, epic_ckpt, enc_dir, device)
         results["datasets"][ds.name] = row
     results["complete"] = complete
     results["wall_s"] = round(time.monotonic() - started, 1)

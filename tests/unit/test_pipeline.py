@@ -1,5 +1,6 @@
 """`epic pipeline --scale smoke`: the whole job (synthesise, train both models, evaluate,
-export the int8 encoders) runs on the CPU, and a second run resumes instead of redoing."""
+export the int8 encoders, fine-tune EPIC's decoder against them) runs on the CPU, and a
+second run resumes instead of redoing."""
 
 import json
 
@@ -24,13 +25,22 @@ def test_smoke_pipeline_runs_end_to_end_and_resumes(tmp_path, openfwi_dir):
     assert 0 < row["mean_map_mae"] < 1
     assert (out / "encoders" / "flatvel-a" / "device-1.tflite").is_file()
     assert "parity" in row["encoders"]
+    tuned = row["finetuned"]  # the decoder fine-tuned against the int8 encoder (1 epoch)
+    assert 0 < tuned["test"]["mae"] < 2 and tuned["config"]["epochs"] == 1
+    parity = tuned["encoders"]["parity"]
+    assert parity["checkpoint"] == tuned["checkpoint"] and parity["end_to_end"]["samples"] == 8
+    ft_manifest = json.loads((out / "encoders" / "flatvel-a-int8ft" / "manifest.json")
+                             .read_text())
+    first = json.loads((out / "encoders" / "flatvel-a" / "manifest.json").read_text())
+    assert ft_manifest["devices"][0]["sha256"] == first["devices"][0]["sha256"]  # same encoder
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.pt")}
     assert main(args) == 0  # everything is done: nothing is retrained
     again = json.loads((out / "results.json").read_text())
     assert again["datasets"]["flatvel-a"]["models"] == row["models"]
-    logs = [len((p.parent / "log.jsonl").read_text().splitlines()) for p in stamps]
-    assert logs == [2] * len(stamps)
+    logs = {p.parent.name: len((p.parent / "log.jsonl").read_text().splitlines())
+            for p in stamps}
+    assert logs == {**dict.fromkeys(row["models"], 2), "epic-seed0-int8ft": 1}
 
 
 def test_pipeline_refuses_an_unknown_dataset_and_a_missing_maps_folder(tmp_path):
