@@ -12,10 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from epic.data.openfwi import DATASETS, get_dataset
-from epic.data.transforms import normalize_velocity
+from epic.data import normalized
+from epic.data.openfwi import DATASETS
+from epic.errors import DataError
 
 COLUMNS = (("epic", "EPIC"), ("inversionnet", "InversionNet"), ("equal-fusion", "equal fusion"),
            ("isolated", "isolated"))
@@ -29,20 +28,13 @@ LEARNT_CUT_PCT = 30.0
 
 
 def mean_map_mae(data_root: Path, dataset: str) -> float | None:
-    """Test MAE of always predicting the training set's mean map (the no-skill baseline)."""
-    spec = get_dataset(dataset)
-
-    def maps(split: str) -> np.ndarray | None:
-        files = sorted((data_root / dataset / split).glob(f"{spec.model_prefix}*.npy"))
-        if not files:
-            return None
-        v = np.concatenate([np.load(f, mmap_mode="r") for f in files])
-        return normalize_velocity(v, spec.velocity_min_mps, spec.velocity_max_mps)
-
-    train, test = maps("train"), maps("test")
-    if train is None or test is None:
+    """Test MAE of always predicting the training set's mean map (the no-skill baseline);
+    None where ``DATA_ROOT/<dataset>`` lacks a split."""
+    try:
+        return normalized.mean_map_mae(data_root / dataset / "train", data_root / dataset / "test",
+                                       dataset)
+    except DataError:
         return None
-    return float(np.abs(test - train.mean(axis=0, keepdims=True)).mean())
 
 
 def _rows(root: Path) -> list[dict]:

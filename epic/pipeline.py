@@ -33,9 +33,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from epic.accel import check_device
+from epic.data.normalized import mean_map_mae
 from epic.errors import InputError
 from epic.rundir import write_json
 
@@ -132,22 +131,6 @@ def _synth(plan: DatasetPlan, data_root: Path, openfwi: Path | None, device: str
                        workers=workers)
         out[split] = directory
     return out
-
-
-def _mean_map_mae(train_dir: Path, test_dir: Path) -> float:
-    """MAE of always predicting the training maps' mean (normalised scale): no skill."""
-    from epic.data.normalized import resolve_dataset
-    from epic.data.openfwi import find_shards, load_velocity
-    from epic.data.transforms import normalize_velocity
-
-    spec = resolve_dataset(train_dir)
-
-    def maps(directory: Path) -> np.ndarray:
-        return normalize_velocity(
-            np.concatenate([load_velocity(p.model_path) for p in find_shards(directory)]),
-            spec.velocity_min_mps, spec.velocity_max_mps)
-
-    return float(np.abs(maps(test_dir) - maps(train_dir).mean(axis=0)).mean())
 
 
 def _finetune(ds: DatasetPlan, plan: PipelinePlan, out: Path, dirs: dict[str, Path],
@@ -258,7 +241,7 @@ def run_pipeline(scale: str, out_dir: str | Path, device: str = "cpu",
         if not complete:
             results["datasets"][ds.name] = row
             break
-        row["mean_map_mae"] = _mean_map_mae(dirs["train"], dirs["test"])
+        row["mean_map_mae"] = mean_map_mae(dirs["train"], dirs["test"])
         epic_ckpt = out / "runs" / ds.name / "epic-seed0" / "model.pt"
         enc_dir = out / "encoders" / ds.name
         if "epic" in ds.models and not (enc_dir / "manifest.json").is_file():

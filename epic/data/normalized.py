@@ -11,7 +11,7 @@ from epic.data.openfwi import DatasetSpec, OpenFWIDataset, get_dataset
 from epic.data.transforms import normalize_data, normalize_velocity
 from epic.errors import DataError, InputError
 
-__all__ = ["NormalizedSplit", "load_normalized", "resolve_dataset"]
+__all__ = ["NormalizedSplit", "load_normalized", "mean_map_mae", "resolve_dataset"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +55,22 @@ def load_normalized(directory: str | Path, dataset: str | None = None,
         x[i] = normalize_data(data, spec.data_min, spec.data_max)
         y[i] = normalize_velocity(velocity, spec.velocity_min_mps, spec.velocity_max_mps)
     return NormalizedSplit(x=x, y=y, spec=spec, directory=Path(directory))
+
+
+def mean_map_mae(train_dir: str | Path, test_dir: str | Path, dataset: str | None = None
+                 ) -> float:
+    """Test MAE (normalised scale) of always predicting the training maps' mean: no skill.
+
+    Raises:
+        DataError: a split without velocity maps (via :func:`epic.data.openfwi.find_shards`).
+    """
+    from epic.data.openfwi import find_shards, load_velocity
+
+    spec = resolve_dataset(train_dir, dataset)
+
+    def maps(directory: str | Path) -> np.ndarray:
+        return normalize_velocity(
+            np.concatenate([load_velocity(p.model_path) for p in find_shards(Path(directory))]),
+            spec.velocity_min_mps, spec.velocity_max_mps)
+
+    return float(np.abs(maps(test_dir) - maps(train_dir).mean(axis=0)).mean())

@@ -155,3 +155,23 @@ def test_real_flatvel_a_maps_load(openfwi_dir):
     maps = read_velocity_maps(openfwi_dir / "FlatVelA_test.zip", limit=600)
     assert maps.shape == (600, 1, 70, 70)
     assert 1500.0 <= maps.min() and maps.max() <= 4500.0
+
+
+def test_mean_map_mae_is_the_test_error_of_the_training_mean(tmp_path):
+    from epic.data.normalized import mean_map_mae
+
+    def split(name: str, velocities_mps: list[float]):
+        d = tmp_path / name
+        d.mkdir()
+        n = len(velocities_mps)
+        np.save(d / "data1.npy", np.zeros((n, 5, 1000, 70), np.float32))
+        maps = np.ones((n, 1, 70, 70), np.float32) * np.array(velocities_mps, np.float32)[
+            :, None, None, None]
+        np.save(d / "model1.npy", maps)
+        return d
+
+    # FlatVel-A normalises 1500..4500 m/s to [-1, 1]: 1,500 m/s is 1.0 normalised
+    train, test = split("train", [2000.0, 3000.0]), split("test", [4000.0])
+    assert mean_map_mae(train, test, "flatvel-a") == pytest.approx(1500 / 1500)
+    with pytest.raises(DataError, match="no such directory"):
+        mean_map_mae(train, tmp_path / "absent", "flatvel-a")
