@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/fidelity_report.py --fidelity runs/fidelity --rd runs/rd
 
-Reads ``FIDELITY/<dataset>/row.json`` (``bench/fidelity_row.py``) and ``RD/<dataset>/rd.json``
-(``bench/rate_distortion.py``); prints what is there, in the registry's dataset order.
+With ``--artifacts artifacts/manifest.json``: the table of the shipped EPIC checkpoints.
+Otherwise reads ``FIDELITY/<dataset>/row.json`` (``bench/fidelity_row.py``) and
+``RD/<dataset>/rd.json`` (``bench/rate_distortion.py``); prints what is there, in the
+registry's dataset order.
 """
 
 from __future__ import annotations
@@ -37,6 +39,39 @@ def mean_map_mae(data_root: Path, dataset: str) -> float | None:
         return None
 
 
+def learnt_verdict(mae: float, base: float | None) -> str:
+    """"yes (N % below)" where ``mae`` is at least 30 % below the mean map's ``base``."""
+    if base is None:
+        return "-"
+    cut = 100 * (1 - mae / base)
+    return (f"yes ({cut:.0f} % below)" if cut >= LEARNT_CUT_PCT
+            else f"**no** ({cut:.0f} % below): needs a larger budget")
+
+
+def shipped_table(manifest: dict) -> list[str]:
+    """The shipped EPIC checkpoints (``artifacts/manifest.json``), one row per dataset in the
+    registry's order: budget, test metrics of the shipped weights, the mean map, the verdict."""
+    entries = {e["dataset"]: e for e in manifest["checkpoints"].values() if e["model"] == "epic"}
+    lines = ["| dataset | checkpoint | budget (gathers x epochs) | test gathers | MAE | RMSE | "
+             "SSIM | mean-map MAE | EPIC learnt | size |", "|---|---|---|---|---|---|---|---|"
+             "---|---|"]
+    for name in DATASETS:
+        e = entries.get(name)
+        if e is None:
+            lines.append(f"| {name} | - | not shipped | | | | | | | |")
+            continue
+        m, base = e["test_metrics"], e.get("mean_map_mae")
+        gathers = e["data"].get("train_gathers", e["data"]["train_samples"])
+        budget = f"{gathers:,} x {e['budget']['epochs']}"
+        if "finetune" in e:
+            budget += f", + {e['finetune']['epochs']} int8-aware"
+        lines.append(f"| {name} | `{e['file']}` | {budget} | {e['data']['test_samples']} | "
+                     f"{m['mae']:.4f} | {m['rmse']:.4f} | {m['ssim']:.3f} | "
+                     f"{'-' if base is None else f'{base:.4f}'} | {learnt_verdict(m['mae'], base)}"
+                     f" | {e['size_bytes'] / 1e6:.2f} MB |")
+    return lines
+
+
 def _rows(root: Path) -> list[dict]:
     rows = {p.parent.name: json.loads(p.read_text()) for p in root.glob("*/row.json")}
     return [rows[name] for name in DATASETS if name in rows]
@@ -65,11 +100,7 @@ def fidelity_table(rows: list[dict], data_root: Path) -> list[str]:
         budget = (f"{row['train_count']}/{row['test_count']}, {row['epochs']} ep, "
                   f"{row.get('precision', 'fp32')}")
         base = mean_map_mae(data_root, row["dataset"])
-        learnt = "-"
-        if base is not None and "epic" in res:  # at least 30 % below the no-skill mean map
-            cut = 100 * (1 - res["epic"]["mae"] / base)
-            learnt = f"yes ({cut:.0f} % below)" if cut >= LEARNT_CUT_PCT else (
-                f"**no** ({cut:.0f} % below): needs a larger budget")
+        learnt = learnt_verdict(res["epic"]["mae"], base) if "epic" in res else "-"
         lines.append(f"| {row['dataset']} | {budget} | " + " | ".join(cells)
                      + f" | {'-' if base is None else f'{base:.4f}'} | {learnt} | "
                      + f"{'yes' if win else 'no'} | "
@@ -126,7 +157,13 @@ def main() -> None:
     p.add_argument("--rd", type=Path, default=Path("runs/rd"))
     p.add_argument("--data-root", type=Path, default=Path("data"),
                    help="Where the rows' train/test splits are (for the mean-map baseline).")
+    p.add_argument("--artifacts", type=Path, default=None,
+                   help="Print only the shipped checkpoints' table from this manifest "
+                   "(artifacts/manifest.json).")
     a = p.parse_args()
+    if a.artifacts is not None:
+        print("\n".join(shipped_table(json.loads(a.artifacts.read_text()))))
+        return
     rows = _rows(a.fidelity)
     parts = [fidelity_table(rows, a.data_root), ablation_table(rows), robustness_table(rows),
              rd_table(a.rd)]

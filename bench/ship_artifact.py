@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from epic.data.normalized import load_normalized
+from epic.data.normalized import load_normalized, mean_map_mae
 from epic.data.synth import read_card, synthesize
 from epic.errors import InputError
 from epic.metrics import fidelity
@@ -115,6 +115,8 @@ def main() -> None:
                          "test_samples": len(test.x)},
                 "budget": {"epochs": log[-1]["epoch"], "batch": train["batch"],
                            "train_wall_s": log[-1]["wall_s"], "machine": "2-core CPU, shared"}}
+    train_card = read_card(Path(base["data"]["train"])) or {}
+    base["data"] = {**base["data"], "train_gathers": train_card.get("count")}
     entry = {
         "file": out.name,
         "model": name,
@@ -125,6 +127,7 @@ def main() -> None:
         "float32_prefixes": a.keep_float32,
         **base,  # command, data, budget (and finetune)
         **storage,  # weights_dtype, test_metrics_float32, test_metrics, test_change
+        "mean_map_mae": mean_map_mae(base["data"]["train"], a.test, dataset),
         "subset": {"maps": str(a.maps) if a.maps else None, "first": a.subset,
                    "seed": 0 if a.maps else a.subset_seed, "metrics": subset},
     }
