@@ -3,7 +3,7 @@
 "Before" is the project at ``--before REV`` (default: the last commit before the training
 work), run from a git worktree with this venv: float32 arrays loaded whole, the 1 ms encoder
 and the 128/64/32 head, float32 or bf16 as given. "After" is this checkout: the float16
-training cache, the decimating encoder, the 64/32/16 head, channels-last. Same data, batch,
+training cache, the decimating encoder, the 128/64/32 head, channels-last. Same data, batch,
 seed and step count for both; each timing is the second epoch (the first pays for warm-up),
 read from ``log.jsonl`` (``wall_s`` and ``samples_seen``).
 
