@@ -35,11 +35,11 @@ import torch
 from epic.data.openfwi import DatasetSpec, OpenFWIDataset, get_dataset
 from epic.data.transforms import normalize_data
 from epic.errors import DataError, InputError
-from epic.export_parity import MAE_GROWTH_TARGET, normalised_samples, parity_report
+from epic.export_parity import MAE_GROWTH_TARGET, parity_report, samples
 from epic.inference.encoder import EncoderRuntime
 from epic.models.checkpoint import load_checkpoint
 from epic.models.epic import DistributedModel
-from epic.quantize import quantize_encoder
+from epic.quantize import OBSERVERS, bias_corrected, quantize_encoder
 
 __all__ = [
     "MAE_GROWTH_TARGET",
@@ -94,11 +94,36 @@ def _choose(n_available: int, n: int | None, seed: int, what: str) -> np.ndarray
     return np.sort(np.random.default_rng(seed).choice(n_available, size=n, replace=False))
 
 
+def _convert(encoder: torch.nn.Module, x: np.ndarray, silence: float, float_stem: bool,
+             path: Path, spec: DatasetSpec, observer: str) -> EncoderRuntime:
+    """Quantise ``encoder`` on ``x`` ``(n, 5, 1000, k)`` (normalised), write the int8
+    ``.tflite`` at ``path``; return it loaded in the devices' runtime."""
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    graph, quantizer = quantize_encoder(encoder, x, float_stem, input_anchor=silence,
+                                        observer=observer)
+    example = (torch.from_numpy(np.ascontiguousarray(x[:1])),)
+    edge = litert_torch.convert(graph, example,
+                                quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    edge.export(str(path))
+    return EncoderRuntime(path, 1, data_min=spec.data_min, data_max=spec.data_max,
+                          n_receivers=x.shape[-1])
+
+
+def _mean_latent_error(enc: EncoderRuntime, raw: np.ndarray, float_lat: np.ndarray
+                       ) -> np.ndarray:
+    """Mean of (int8 - float) latents per channel, ``(token_dim,)``, over the gathers ``raw``
+    ``(n, 5, 1000, k)`` (raw amplitudes) and their receivers; ``float_lat`` ``(n, k, D)``."""
+    q = np.stack([enc.dequantize(enc.encode(g)) for g in raw])
+    return (q - float_lat).mean(axis=(0, 1))
+
+
 def export_encoders(checkpoint: str | Path, calibration_dir: str | Path, out_dir: str | Path,
                     n_calibration: int = 64, test_dir: str | Path | None = None,
                     n_test: int | None = None, devices: Sequence[int] | None = None,
-                    seed: int = 0, threads: int | None = None, float_stem: bool = False
-                    ) -> ExportResult:
+                    seed: int = 0, threads: int | None = None, float_stem: bool = False,
+                    bias_correction: bool = True, observer: str = "histogram") -> ExportResult:
     """Export one int8 ``.tflite`` encoder per device of an EPIC checkpoint.
 
     Args:
@@ -114,12 +139,20 @@ def export_encoders(checkpoint: str | Path, calibration_dir: str | Path, out_dir
         float_stem: keep the first conv block and the input float32 (see
             :func:`quantize_encoder`); by default the model is fully int8, input included.
         threads: torch threads for calibration and parity (default: torch's setting).
+        observer: the activations' observer, ``minmax`` or ``histogram``
+            (:func:`epic.quantize.quantization_config`).
+        bias_correction: measure each device's mean int8 latent error per channel on the
+            calibration gathers (in the real LiteRT interpreter), lower the encoder's
+            projection bias by it and export again (:func:`epic.quantize.bias_corrected`);
+            the manifest records the shift and the mean error before and after.
 
     Raises:
         DataError: a missing or invalid checkpoint or data directory.
         InputError: a bad argument value.
     """
     t0 = time.perf_counter()
+    if observer not in OBSERVERS:
+        raise InputError(f"observer {observer!r}: expected one of {', '.join(OBSERVERS)}")
     if n_calibration < 1:
         raise InputError(f"n_calibration must be >= 1, got {n_calibration}")
     if n_test is not None and n_test < 1:
@@ -140,9 +173,8 @@ def export_encoders(checkpoint: str | Path, calibration_dir: str | Path, out_dir
     _check_card(calibration_dir, spec, ckpt["dataset"])
     cal_ds = OpenFWIDataset(calibration_dir, require_models=False)
     cal_idx = _choose(len(cal_ds), n_calibration, seed, f"{calibration_dir}")
-    x_cal, _ = normalised_samples(cal_ds, cal_idx, spec)  # (n, 5, 1000, 70)
+    raw_cal, x_cal, _ = samples(cal_ds, cal_idx, spec)  # 2 x (n, 5, 1000, 70)
     import litert_torch
-    from litert_torch.quantize.quant_config import QuantConfig
 
     litert_torch.config.show_progress = log.isEnabledFor(logging.DEBUG)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,22 +184,31 @@ def export_encoders(checkpoint: str | Path, calibration_dir: str | Path, out_dir
     for d in device_ids:
         lo, hi = (d - 1) * k, d * k
         t_dev = time.perf_counter()
-        graph, quantizer = quantize_encoder(model.encoder, x_cal[..., lo:hi], float_stem,
-                                            input_anchor=silence)
-        example = (torch.from_numpy(np.ascontiguousarray(x_cal[:1, ..., lo:hi])),)
-        edge = litert_torch.convert(graph, example,
-                                    quant_config=QuantConfig(pt2e_quantizer=quantizer))
         path = out_dir / f"device-{d}.tflite"
-        edge.export(str(path))
-        encoders[d] = enc = EncoderRuntime(path, 1, data_min=spec.data_min,
-                                           data_max=spec.data_max, n_receivers=k)
+        x_dev, raw_dev = x_cal[..., lo:hi], raw_cal[..., lo:hi]  # (n, 5, 1000, k)
+        enc = _convert(model.encoder, x_dev, silence, float_stem, path, spec, observer)
+        entry = {"device_id": d, "file": path.name}
+        if bias_correction:
+            with torch.no_grad():
+                float_lat = model.encoder(torch.from_numpy(
+                    np.ascontiguousarray(x_dev))).numpy()  # (n, k, token_dim)
+            shift = _mean_latent_error(enc, raw_dev, float_lat)
+            enc = _convert(bias_corrected(model.encoder, shift), x_dev, silence, float_stem,
+                           path, spec, observer)
+            residual = _mean_latent_error(enc, raw_dev, float_lat)
+            entry["bias_correction"] = {
+                "latent_shift_per_channel": [round(float(v), 6) for v in shift],
+                "mean_error_rms_before": float(np.sqrt((shift ** 2).mean())),
+                "mean_error_rms_after": float(np.sqrt((residual ** 2).mean())),
+                "measured_on": f"{len(cal_idx)} calibration gathers x {k} receivers"}
+        encoders[d] = enc
         paths.append(path)
-        entries.append({"device_id": d, "file": path.name, "sha256": sha256_file(path),
+        entries.append({**entry, "sha256": sha256_file(path),
                         "size_bytes": path.stat().st_size, "receivers": [lo, hi],
                         "input": enc.io_spec("input"), "output": enc.io_spec("output")})
         log.info("device-%d: %s, %d bytes, %.1f s", d, path, path.stat().st_size,
                  time.perf_counter() - t_dev)
-    del x_cal
+    del x_cal, raw_cal
     if test_dir is not None:
         test_dir = Path(test_dir)
         _check_card(test_dir, spec, ckpt["dataset"])
@@ -201,8 +242,14 @@ def export_encoders(checkpoint: str | Path, calibration_dir: str | Path, out_dir
                         "slice": "each device's own receivers"},
         "quantisation": {"method": "litert-torch PT2E static (post-training)",
                          "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
-                         "activations": "int8 per-tensor affine (MinMaxObserver)",
+                         "activations": ("int8 per-tensor affine (MinMaxObserver)"
+                                         if observer == "minmax" else "int8 per-tensor affine "
+                                         "(HistogramObserver; the input MinMaxObserver)"),
                          "bias": "int32", "float_stem": float_stem,
+                         "bias_correction": ("per latent channel: the projection bias lowered "
+                                             "by the mean int8 error on the calibration "
+                                             "gathers (epic.quantize.bias_corrected)"
+                                             if bias_correction else None),
                          "input_anchor": None if float_stem else silence,
                          "io": ("float32 input (first conv block float32), int8 output"
                                 if float_stem else "int8 input and output")},

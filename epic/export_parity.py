@@ -17,14 +17,14 @@ from epic.metrics import fidelity
 from epic.models.epic import DistributedModel
 
 __all__ = ["MAE_GROWTH_TARGET", "decode_latents", "normalised_samples", "paired_latents",
-           "parity_report"]
+           "parity_report", "samples"]
 
 MAE_GROWTH_TARGET = 0.02
 """Largest accepted relative change of the end-to-end MAE from int8 encoders (2 %, either
 way: parity means the int8 devices behave like the float model, not merely no worse)."""
 
 
-def _samples(ds: OpenFWIDataset, indices: np.ndarray, spec: DatasetSpec
+def samples(ds: OpenFWIDataset, indices: np.ndarray, spec: DatasetSpec
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Samples ``indices`` of ``ds``: ``(n, 5, 1000, 70)`` raw amplitudes, the same data and
     ``(n, 1, 70, 70)`` velocity (None without velocity shards) on OpenFWI's normalised
@@ -41,8 +41,8 @@ def _samples(ds: OpenFWIDataset, indices: np.ndarray, spec: DatasetSpec
 
 def normalised_samples(ds: OpenFWIDataset, indices: np.ndarray, spec: DatasetSpec
                 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """`_samples` without the raw amplitudes: ``(x, y)`` on the normalised scales."""
-    _, x, y = _samples(ds, indices, spec)
+    """`samples` without the raw amplitudes: ``(x, y)`` on the normalised scales."""
+    _, x, y = samples(ds, indices, spec)
     return x, y
 
 
@@ -76,7 +76,7 @@ def paired_latents(model: DistributedModel, encoders: dict[int, EncoderRuntime],
     k = model.rx_per_device
     floats, int8s, ys = [], [], []
     for start in range(0, len(indices), batch):
-        raw, x, y = _samples(ds, indices[start:start + batch], spec)
+        raw, x, y = samples(ds, indices[start:start + batch], spec)
         tokens = model.encode(torch.from_numpy(x)).numpy()  # (B, n_devices, k, token_dim)
         tokens_q = tokens.copy()
         for d, enc in encoders.items():

@@ -60,6 +60,7 @@ class DatasetPlan:
     ablation_seeds: tuple[int, ...] = ()  # extra seeds of epic and epic-noprior
     epochs: int = 10
     finetune_epochs: int = 0  # quantisation-aware decoder fine-tuning of epic-seed0 (0: none)
+    export: bool = True  # export epic-seed0's int8 encoders (and measure their parity)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def _scales() -> dict[str, PipelinePlan]:
             DatasetPlan("flatvel-a", 5000, 500, both, epochs=8, ablation_seeds=(0, 1, 2),
                         finetune_epochs=3),
             DatasetPlan("curvevel-a", 5000, 500, both, epochs=8, finetune_epochs=3),
-            *(DatasetPlan(name, 2000, 200, ("epic",), epochs=8) for name in _GENERATED),
+            *(DatasetPlan(name, 2000, 200, ("epic",), epochs=8, export=False)
+              for name in _GENERATED),
         )),
         "full": PipelinePlan("full", (
             DatasetPlan("flatvel-a", 5000, 1000, both, epochs=120, ablation_seeds=(0, 1, 2),
@@ -244,14 +246,14 @@ def run_pipeline(scale: str, out_dir: str | Path, device: str = "cpu",
         row["mean_map_mae"] = mean_map_mae(dirs["train"], dirs["test"])
         epic_ckpt = out / "runs" / ds.name / "epic-seed0" / "model.pt"
         enc_dir = out / "encoders" / ds.name
-        if "epic" in ds.models and not (enc_dir / "manifest.json").is_file():
+        if "epic" in ds.models and ds.export and not (enc_dir / "manifest.json").is_file():
             export_encoders(epic_ckpt, dirs["train"], enc_dir, n_calibration=plan.n_calibration,
                             test_dir=dirs["test"], n_test=plan.n_parity,
                             devices=plan.export_devices or None)
         if (enc_dir / "parity.json").is_file():
             row["encoders"] = {"dir": str(enc_dir),
                                "parity": json.loads((enc_dir / "parity.json").read_text())}
-        if "epic" in ds.models and ds.finetune_epochs:
+        if "epic" in ds.models and ds.export and ds.finetune_epochs:
             row["finetuned"] = _finetune(ds, plan, out, dirs, epic_ckpt, enc_dir, device)
         results["datasets"][ds.name] = row
     results["complete"] = complete

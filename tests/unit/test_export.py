@@ -18,7 +18,7 @@ from epic.errors import DataError, InputError
 from epic.export import export_encoders, sha256_file
 from epic.models.checkpoint import load_checkpoint, save_checkpoint
 from epic.models.registry import build_model
-from epic.quantize import quantize_encoder
+from epic.quantize import bias_corrected, quantize_encoder
 
 CONFIG = {"token_dim": 16, "encoder_width": 16, "dim": 32, "depth": 1, "heads": 2}
 RX = 14  # receivers per device
@@ -106,7 +106,13 @@ def test_manifest_describes_every_file(exported):
     assert manifest["calibration"]["samples"] == 6
     norm = manifest["normalisation"]
     assert (norm["data_min"], norm["data_max"]) == (-26.95, 52.77)
-    assert manifest["quantisation"]["activations"].endswith("(MinMaxObserver)")
+    assert "(HistogramObserver; the input MinMaxObserver)" in manifest["quantisation"][
+        "activations"]
+    assert manifest["quantisation"]["bias_correction"].startswith("per latent channel")
+    for entry in manifest["devices"]:  # the mean int8 error per channel, removed
+        bc = entry["bias_correction"]
+        assert len(bc["latent_shift_per_channel"]) == CONFIG["token_dim"]
+        assert bc["mean_error_rms_after"] < bc["mean_error_rms_before"]
 
 
 @pytest.mark.parametrize("device", [1, 4])
@@ -132,7 +138,10 @@ def test_litert_matches_pt2e_reference_within_one_step(exported, checkpoint, tin
     model, _ = load_checkpoint(checkpoint)
     manifest = json.loads(exported.manifest_path.read_text())
     x = _gathers(tiny_dataset, 4)
-    graph, _ = quantize_encoder(model.encoder, x[manifest["calibration"]["indices"]],
+    entry = next(e for e in manifest["devices"] if e["device_id"] == 4)
+    encoder = bias_corrected(model.encoder,
+                             np.array(entry["bias_correction"]["latent_shift_per_channel"]))
+    graph, _ = quantize_encoder(encoder, x[manifest["calibration"]["indices"]],
                                 input_anchor=manifest["quantisation"]["input_anchor"])
     it = _interpreter(exported.out_dir / "device-4.tflite")
     step = it.get_output_details()[0]["quantization"][0]
