@@ -22,7 +22,7 @@ TORCH = {"torch", "torchvision", "deepwave"}
 # where torch may be imported at all: training, export, the forward model (today's truth)
 TORCH_HOMES = ("epic/models/", "epic/train.py", "epic/export.py", "epic/quantize.py",
                "epic/export_parity.py", "epic/export_decoders.py", "epic/data/forward.py",
-               "epic/data/cache.py", "epic/ship.py", "epic/pipeline.py")
+               "epic/data/cache.py", "epic/ship.py", "epic/pipeline.py", "epic/finetune.py")
 # where torch is imported only inside a function, on a path off the main one: central's
 # fallback to a torch checkpoint (it prefers the image's ONNX decoders), and the CLI's
 # `export-decoders --threads`, and --device cuda's check (epic.accel: only for cuda)
