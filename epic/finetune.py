@@ -183,10 +183,9 @@ def finetune_decoder(checkpoint: str | Path, encoders_dir: str | Path, data_dir:
     rng, start_epoch, record = np.random.default_rng(cfg.seed), 0, {}
     last = out / "last.pt"
     if last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=True)
+        resumed, saved = load_checkpoint(last)
         if saved.get("meta", {}).get("finetune", {}).get("config") == asdict(cfg):
-            model, saved = load_checkpoint(last)
-            model = model.to(device)
+            model = resumed.to(device)
             model.encoder.requires_grad_(False)
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -238,8 +237,7 @@ def finetune_decoder(checkpoint: str | Path, encoders_dir: str | Path, data_dir:
                         extra={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                "rng": rng.bit_generator.state,
                                "torch_rng": torch.get_rng_state()})
-    final = torch.load(last, map_location="cpu", weights_only=True)["meta"]
-    model, _ = load_checkpoint(last)
+    model, final = load_checkpoint(last)
     save_checkpoint(out / "model.pt", model, ckpt["model"], ckpt["config"], ckpt["dataset"],
-                    final)
+                    final["meta"])
     return record
